@@ -1,0 +1,161 @@
+"""Building blocks shared by the models: tokeniser, attention, transformer block, heads.
+
+They live once here so that every model that says "PatchEmbeddings per modality" or "the
+dense transformer layer" means exactly the same module (MODELS.md §0.1, §1.2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.data.core import Batch, DataSpec
+
+MISSING_FILLS = ("zero_embed", "zero_input")
+
+
+class PatchEmbeddings(nn.Module):
+    """Split a feature vector into ``num_patches`` equal chunks and embed each with one Linear.
+
+    ``patch = ceil(F / P)``; the vector is right-padded with zeros to ``P * patch``.
+    Parameters: ``H * ceil(F / P) + H`` (the official Flex-MoE tokeniser).
+    """
+
+    def __init__(self, feature_size: int, num_patches: int, hidden: int) -> None:
+        super().__init__()
+        self.num_patches = num_patches
+        self.patch = math.ceil(feature_size / num_patches)
+        self.pad = self.patch * num_patches - feature_size
+        self.proj = nn.Linear(self.patch, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x.flatten(1), (0, self.pad))
+        return self.proj(x.view(x.shape[0], self.num_patches, self.patch))
+
+
+def encode_observed(encoder: nn.Module, x: Tensor, observed: Tensor, out_shape: tuple[int, ...],
+                    missing_fill: str = "zero_embed") -> Tensor:
+    """Run ``encoder`` on the observed rows only; missing rows get zeros.
+
+    ``zero_embed`` zeroes the encoder output of missing rows (the encoder never sees them);
+    ``zero_input`` feeds zeros for missing rows, so they carry the encoder's bias.
+    """
+    if missing_fill == "zero_input":
+        return encoder(torch.where(observed.view(-1, *([1] * (x.dim() - 1))), x, 0.0))
+    if missing_fill != "zero_embed":
+        raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
+    if bool(observed.all()):
+        return encoder(x)
+    rows = observed.nonzero().squeeze(1)
+    out = x.new_zeros((x.shape[0], *out_shape))
+    if rows.numel() == 0:
+        return out
+    return out.index_copy(0, rows, encoder(x.index_select(0, rows)))
+
+
+class ModalityTokenizer(nn.Module):
+    """One :class:`PatchEmbeddings` per run modality → tokens ``[B, P, H]`` per letter."""
+
+    def __init__(self, spec: DataSpec, num_patches: int = 16, hidden: int = 128,
+                 missing_fill: str = "zero_embed") -> None:
+        super().__init__()
+        if missing_fill not in MISSING_FILLS:
+            raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
+        self.letters = spec.letters
+        self.out_shape = (num_patches, hidden)
+        self.missing_fill = missing_fill
+        self.encoders = nn.ModuleDict({
+            m.letter: PatchEmbeddings(m.num_features, num_patches, hidden)
+            for m in spec.modalities
+        })
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        return {
+            c: encode_observed(self.encoders[c], batch.x[c], batch.observed[:, j],
+                               self.out_shape, self.missing_fill)
+            for j, c in enumerate(self.letters)
+        }
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate q and kv projections (no bias), as Flex-MoE's."""
+
+    def __init__(self, hidden: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if hidden % num_heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q = nn.Linear(hidden, hidden, bias=False)
+        self.kv = nn.Linear(hidden, 2 * hidden, bias=False)
+        self.proj = nn.Linear(hidden, hidden)
+        self.attn_drop = dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, h = x.shape
+        q = self.q(x).view(b, n, self.num_heads, -1).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(a.transpose(1, 2).reshape(b, n, h)))
+
+
+class Mlp(nn.Module):
+    """Linear(H, rH) – GELU – Dropout – Linear(rH, H): the dense MLP of the fusion layer."""
+
+    def __init__(self, hidden: int, ratio: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, ratio * hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(ratio * hidden, hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: attention then MLP.
+
+    ``attn_residual="official"`` reproduces the released Flex-MoE code, where the attention
+    sub-layer computes ``a + Dropout(a)`` and drops the block input; ``"standard"`` is
+    ``x + Dropout(a)``.
+    """
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: int = 2, dropout: float = 0.0,
+                 attn_residual: str = "standard") -> None:
+        super().__init__()
+        if attn_residual not in ("official", "standard"):
+            raise ValueError(f"attn_residual must be 'official' or 'standard', got {attn_residual!r}")
+        self.attn_residual = attn_residual
+        self.norm1 = nn.LayerNorm(hidden)
+        self.attn = Attention(hidden, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.mlp = Mlp(hidden, mlp_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.attn(self.norm1(x))
+        x = a + self.drop(a) if self.attn_residual == "official" else x + self.drop(a)
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def mlp_head(d_in: int, d_out: int, hidden: int | None = None, num_layers: int = 1,
+             dropout: float = 0.0) -> nn.Sequential:
+    """A classification head: one Linear, or ``num_layers`` Linear–ReLU–Dropout layers."""
+    if num_layers < 1:
+        raise ValueError("num_layers must be at least 1")
+    hidden = hidden or d_in
+    layers: list[nn.Module] = []
+    width = d_in
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, d_out))
+    return nn.Sequential(*layers)
+
+
+def pool_concat(tokens: dict[str, Tensor], letters: str) -> Tensor:
+    """Mean over each modality's tokens, concatenated in canonical order → ``[B, M*H]``."""
+    return torch.cat([tokens[c].mean(1) for c in letters], dim=1)

@@ -1,0 +1,196 @@
+"""Command line: ``run``, ``list``, ``table`` (``run_bench.py`` and ``flexmoe-bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from bench import registry
+from bench.profiles import PROFILES
+from bench.store import DEFAULT_STORE, ResultStore, StoreError, load_results
+
+logger = logging.getLogger("bench")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, "
+                                         f"got {text!r}") from None
+
+
+def _assignments(items: list[str], option: str) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they can be (numbers, true, lists)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"error: {option} expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first so the models it registers join (repeatable)")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (per-epoch lines)")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", type=Path, default=None,
+                       help=f"results store (default: $FLEXMOE_BENCH_STORE or ./{DEFAULT_STORE})")
+
+    parser = argparse.ArgumentParser(
+        prog="flexmoe-bench", description="Flex-MoE and multimodal baselines under missing "
+        "modalities: train grids, store results, render tables.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common, store], help="train a grid of runs",
+                         description="Train models × combinations × seeds on one data set. "
+                         "Finished runs in the store are skipped; each run is written when it "
+                         "finishes.")
+    run.add_argument("--models", default="all",
+                     help="comma-separated model names, or 'all' (default)")
+    run.add_argument("--dataset", default="synthetic-adni",
+                     help="data set name or folder:PATH (default: synthetic-adni)")
+    run.add_argument("--combos", default=None,
+                     help="comma-separated modality combinations, e.g. IG,IGCB (default: the "
+                     "profile's: quick → first pair and full set, paper → every combination "
+                     "of two or more)")
+    run.add_argument("--seeds", type=_seeds, default=None,
+                     help="comma-separated seeds (default: quick 0, paper 0,1,2)")
+    run.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                     help="quick: 3 epochs (default); paper: each model's paper settings")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a hyper-parameter of every model, e.g. lr=0.001 (repeatable)")
+    run.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="data set option, e.g. scale=2 or missing=mcar (repeatable)")
+    run.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    run.add_argument("--metric", default="test_acc", help="metric of the table printed at the end")
+    run.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+
+    lst = sub.add_parser("list", parents=[common], help="list registered models or data sets",
+                         description="List registered models (with their default settings) or "
+                         "data sets (with their data cards).")
+    lst.add_argument("what", choices=["models", "datasets"])
+    lst.add_argument("--dataset", default="synthetic-adni",
+                     help="data set whose defaults 'list models' shows")
+
+    table = sub.add_parser("table", parents=[common, store], help="print a results table",
+                           description="Pivot stored runs: rows = combinations, columns = "
+                           "models, cells = mean ± std over seeds (percent, population std).")
+    table.add_argument("--metric", default="test_acc",
+                       help="test_acc (default), test_f1, test_auc, val_acc, val_f1, val_auc")
+    table.add_argument("--dataset", default=None, help="data set (default: of the latest run)")
+    table.add_argument("--profile", default=None, help="profile (default: of the latest run)")
+    table.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    return parser
+
+
+def _print_table(store_path: Path | None, metric: str, dataset: str | None = None,
+                 profile: str | None = None, keys: set[str] | None = None,
+                 fmt: str = "markdown") -> None:
+    from bench.tables import pivot, render, select_runs
+
+    df = load_results(store_path)
+    if keys is not None:
+        df = df[df["key"].isin(keys)]
+    runs, dataset, profile = select_runs(df, dataset, profile)
+    seeds = sorted(runs["seed"].unique().tolist())
+    if fmt == "markdown":
+        print(f"\n{metric} (%, mean ± std over seeds {seeds}) on {dataset}, profile {profile}\n")
+    print(render(pivot(runs, metric), fmt))
+    failed = df[(df["status"] == "failed") & (df["dataset"] == dataset)]
+    if keys is not None and not failed.empty:
+        print(f"\n{len(failed)} run(s) failed:")
+        for _, r in failed.iterrows():
+            print(f"  {r['model']} {r['combo']} seed {r['seed']}: {r['error']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import build_grid, cell_records, run_grid
+
+    models = registry.list_models() if args.models == "all" else _csv(args.models)
+    for m in models:
+        registry.model_class(m)
+    cells = build_grid(models, args.dataset, _csv(args.combos) if args.combos else None,
+                       args.seeds, args.profile, _assignments(args.overrides, "--set"),
+                       _assignments(args.data_option, "--data-option"), args.split_seed,
+                       args.plugin)
+    if args.dry_run:
+        for rec in cell_records(cells):
+            print(json.dumps(rec, sort_keys=True))
+        return 0
+    with ResultStore(args.store) as store:
+        logger.info("%d run(s): %s on %s, combinations %s, seeds %s, profile %s → %s",
+                    len(cells), ",".join(models), args.dataset,
+                    ",".join(dict.fromkeys(c.combo for c in cells)),
+                    ",".join(str(s) for s in dict.fromkeys(c.seed for c in cells)), args.profile,
+                    store.path)
+        rows = run_grid(cells, store, args.device, args.jobs)
+        store_path = store.path
+    failed = sum(r["status"] != "ok" for r in rows)
+    n_unique = len({c.key for c in cells})
+    print(f"{len(rows)} run(s) written to {store_path}, {n_unique - len(rows)} already there, "
+          f"{failed} failed")
+    _print_table(store_path, args.metric, args.dataset, args.profile, {c.key for c in cells})
+    return 1 if failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "datasets":
+        for name in registry.list_datasets():
+            print(f"{name if name != 'folder' else 'folder:PATH'}")
+            print(textwrap.indent(textwrap.fill(" ".join(registry.dataset_doc(name).split()),
+                                                88), "    "))
+        return 0
+    from bench.runner import load_data
+
+    data = load_data(args.dataset)
+    spec = data.spec(data.letters)
+    for name in registry.list_models():
+        cls = registry.model_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        hp = registry.resolve_hparams(name, spec)
+        print(f"{name}: {doc}")
+        print(textwrap.indent(textwrap.fill(
+            ", ".join(f"{k}={v}" for k, v in hp.items()), 88), "    "))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    _print_table(args.store, args.metric, args.dataset, args.profile, None, args.format)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        for module in args.plugin:
+            registry.load_plugin(module)
+        return {"run": cmd_run, "list": cmd_list, "table": cmd_table}[args.command](args)
+    except (KeyError, ValueError, FileNotFoundError, ImportError, StoreError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

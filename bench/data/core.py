@@ -1,0 +1,328 @@
+"""The missing-modality data interface: whole data sets as tensors, combination views, batches.
+
+A :class:`MultimodalData` holds one data set in memory (features per modality with zeros
+where missing, an ``observed`` mask, labels, ids and a train/val/test split).
+:meth:`MultimodalData.restrict` gives the :class:`RunData` view for one observed-modality
+combination under the paper's protocol, and :meth:`RunData.batches` yields :class:`Batch`
+objects by slicing tensors that already sit on the run's device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.data.arrays import Modality, RawArrays
+from bench.data.splits import make_split
+
+ORDERS = ("shuffle", "sequential", "fixed-random", "descending", "ascending")
+
+
+def combinations(letters: str) -> tuple[str, ...]:
+    """All non-empty subsets of ``letters``, largest first, ``itertools`` order within a size.
+
+    Index 0 is the full set, the ordering the official Flex-MoE code uses for its
+    combination index (and so for its missing-modality bank and expert targets).
+    """
+    out: list[str] = []
+    for size in range(len(letters), 0, -1):
+        out.extend("".join(c) for c in itertools.combinations(letters, size))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its run's data (no tensors)."""
+
+    dataset: str
+    family: str
+    modalities: tuple[Modality, ...]
+    all_modalities: tuple[Modality, ...]
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    class_weights: tuple[float, ...] | None = None
+
+    @property
+    def letters(self) -> str:
+        return "".join(m.letter for m in self.modalities)
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def combos(self) -> tuple[str, ...]:
+        """Combination index → letters (index 0 = all of the run's modalities)."""
+        return combinations(self.letters)
+
+    @property
+    def global_index(self) -> tuple[int, ...]:
+        """Position of each run modality among the data set's modalities."""
+        order = [m.letter for m in self.all_modalities]
+        return tuple(order.index(m.letter) for m in self.modalities)
+
+
+@dataclass
+class Batch:
+    """One mini-batch: ``x[letter]`` [B, *shape], ``observed`` [B, M] bool, ``combo`` [B], ``y`` [B]."""
+
+    x: dict[str, Tensor]
+    observed: Tensor
+    combo: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class RunData:
+    """The view of a data set for one combination of modalities (one run)."""
+
+    spec: DataSpec
+    features: dict[str, Tensor]
+    observed: Tensor
+    combo: Tensor
+    labels: Tensor
+    ids: np.ndarray
+    splits: dict[str, Tensor]
+    split_digest: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
+    def to(self, device: str | torch.device) -> RunData:
+        """Move every tensor once, so batches are slices on the run's device."""
+        dev = torch.device(device)
+        return replace(
+            self,
+            features={k: v.to(dev) for k, v in self.features.items()},
+            observed=self.observed.to(dev),
+            combo=self.combo.to(dev),
+            labels=self.labels.to(dev),
+            splits={k: v.to(dev) for k, v in self.splits.items()},
+        )
+
+    def batch(self, index: Tensor) -> Batch:
+        """Gather the rows ``index`` of every tensor into a :class:`Batch`."""
+        return Batch(
+            x={k: v.index_select(0, index) for k, v in self.features.items()},
+            observed=self.observed.index_select(0, index),
+            combo=self.combo.index_select(0, index),
+            y=self.labels.index_select(0, index),
+        )
+
+    def order(self, split: str, how: str = "sequential", generator: torch.Generator | None = None,
+              fixed_seed: int = 0) -> Tensor:
+        """Row indices of ``split`` in the order ``how`` (see ``ORDERS``).
+
+        ``descending``/``ascending`` sort stably by the number of observed modalities (ties keep
+        the data set's fixed sample order, unlike the official code's hash-dependent order);
+        ``fixed-random`` is one permutation drawn from ``fixed_seed``, the same every epoch.
+        """
+        idx = self.splits[split]
+        if how == "sequential":
+            return idx
+        if how == "shuffle":
+            perm = torch.randperm(idx.numel(), generator=generator)
+            return idx[perm.to(idx.device)]
+        if how == "fixed-random":
+            g = torch.Generator().manual_seed(fixed_seed)
+            return idx[torch.randperm(idx.numel(), generator=g).to(idx.device)]
+        if how in ("descending", "ascending"):
+            count = self.observed.index_select(0, idx).sum(1).cpu()
+            key = -count if how == "descending" else count
+            return idx[torch.sort(key, stable=True).indices.to(idx.device)]
+        raise ValueError(f"unknown batch order {how!r}; expected one of {ORDERS}")
+
+    def batches(self, split: str, batch_size: int, how: str = "sequential",
+                generator: torch.Generator | None = None, fixed_seed: int = 0) -> Iterator[Batch]:
+        """Yield batches of ``split`` (the last one may be smaller)."""
+        idx = self.order(split, how, generator, fixed_seed)
+        for start in range(0, idx.numel(), batch_size):
+            yield self.batch(idx[start:start + batch_size])
+
+    def combo_counts(self, split: str) -> dict[str, int]:
+        """Number of samples of ``split`` per observed combination (non-zero only)."""
+        combo = self.combo.index_select(0, self.splits[split].to(self.combo.device)).cpu()
+        counts = torch.bincount(combo[combo >= 0], minlength=len(self.spec.combos))
+        return {c: int(n) for c, n in zip(self.spec.combos, counts.tolist()) if n}
+
+
+@dataclass
+class MultimodalData:
+    """A whole data set in memory, with its split. One object per data set."""
+
+    name: str
+    family: str
+    modalities: tuple[Modality, ...]
+    features: dict[str, Tensor]
+    observed: Tensor
+    labels: Tensor
+    ids: np.ndarray
+    class_names: tuple[str, ...]
+    splits: dict[str, Tensor]
+    class_weights: tuple[float, ...] | None = None
+    description: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def letters(self) -> str:
+        return "".join(m.letter for m in self.modalities)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def split_digest(self) -> str:
+        """Short hash of the split (which ids are in which part), stored with every run."""
+        h = hashlib.sha1()
+        for part in ("train", "val", "test"):
+            h.update(part.encode())
+            h.update("\n".join(self.ids[self.splits[part].numpy()].tolist()).encode())
+        return h.hexdigest()[:12]
+
+    @classmethod
+    def from_arrays(cls, raw: RawArrays, name: str, family: str, *, split_seed: int = 0,
+                    val_frac: float = 0.15, test_frac: float = 0.15,
+                    splits: dict[str, np.ndarray] | None = None, description: str = "",
+                    meta: dict | None = None) -> MultimodalData:
+        """Validate arrays and build tensors; draw the split unless one is given."""
+        validate_arrays(raw, name)
+        if splits is None:
+            splits = make_split(raw.observed, raw.labels, split_seed, val_frac, test_frac, name)
+        return cls(
+            name=name, family=family, modalities=tuple(raw.modalities),
+            features={m.letter: _zero_missing(raw.features[m.letter], raw.observed[:, j])
+                      for j, m in enumerate(raw.modalities)},
+            observed=torch.tensor(np.asarray(raw.observed), dtype=torch.bool),
+            labels=torch.tensor(np.asarray(raw.labels), dtype=torch.long),
+            ids=np.asarray(raw.ids).astype(str),
+            class_names=tuple(raw.class_names),
+            splits={k: torch.as_tensor(np.sort(v), dtype=torch.long) for k, v in splits.items()},
+            class_weights=raw.class_weights, description=description, meta=dict(meta or {}),
+        )
+
+    def check_letters(self, letters: str) -> str:
+        """Validate a combination string against this data set; return it in canonical order."""
+        known = self.letters
+        if not letters:
+            raise ValueError(f"empty modality combination for data set {self.name!r}; "
+                             f"use letters from {known!r}")
+        bad = sorted(set(letters) - set(known))
+        if bad:
+            raise ValueError(f"unknown modality letter(s) {''.join(bad)!r} for data set "
+                             f"{self.name!r}; its modalities are {known!r} "
+                             f"({', '.join(f'{m.letter}={m.name}' for m in self.modalities)})")
+        if len(set(letters)) != len(letters):
+            raise ValueError(f"modality combination {letters!r} repeats a letter")
+        return "".join(c for c in known if c in letters)
+
+    def spec(self, letters: str) -> DataSpec:
+        letters = self.check_letters(letters)
+        return DataSpec(
+            dataset=self.name, family=self.family,
+            modalities=tuple(m for m in self.modalities if m.letter in letters),
+            all_modalities=self.modalities, num_classes=self.num_classes,
+            class_names=self.class_names, class_weights=self.class_weights,
+        )
+
+    def combo_index(self, letters: str) -> Tensor:
+        """Per-sample combination index for ``letters`` (−1 where none of them is observed)."""
+        letters = self.check_letters(letters)
+        cols = [self.letters.index(c) for c in letters]
+        weights = torch.tensor([1 << j for j in range(len(cols))])
+        mask = (self.observed[:, cols].long() * weights).sum(1)
+        lookup = torch.full((1 << len(cols),), -1, dtype=torch.long)
+        for i, combo in enumerate(combinations(letters)):
+            lookup[sum(1 << letters.index(c) for c in combo)] = i
+        return lookup[mask]
+
+    def restrict(self, letters: str) -> RunData:
+        """The paper's protocol for one combination of modalities.
+
+        Train on training samples with at least one chosen modality; validate and test on
+        samples that have all of them, so every model is scored on the same samples.
+        """
+        letters = self.check_letters(letters)
+        spec = self.spec(letters)
+        cols = [self.letters.index(c) for c in letters]
+        obs = self.observed[:, cols]
+        splits = {
+            "train": _keep(self.splits["train"], obs.any(1)),
+            "val": _keep(self.splits["val"], obs.all(1)),
+            "test": _keep(self.splits["test"], obs.all(1)),
+        }
+        for part, idx in splits.items():
+            if idx.numel() == 0:
+                raise ValueError(f"data set {self.name!r}, combination {letters!r}: the {part} "
+                                 "split has no sample with the required modalities")
+        train_obs = obs.index_select(0, splits["train"]).any(0)
+        for c, present in zip(letters, train_obs.tolist()):
+            if not present:
+                raise ValueError(f"data set {self.name!r}: modality {c!r} has no observed "
+                                 "training sample; drop it from the combination")
+        return RunData(
+            spec=spec, features={c: self.features[c] for c in letters}, observed=obs,
+            combo=self.combo_index(letters), labels=self.labels, ids=self.ids, splits=splits,
+            split_digest=self.split_digest,
+        )
+
+    def combo_counts(self, letters: str | None = None) -> dict[str, int]:
+        """Number of samples per observed combination of ``letters`` (default: all)."""
+        letters = self.check_letters(letters or self.letters)
+        idx = self.combo_index(letters)
+        counts = torch.bincount(idx[idx >= 0], minlength=len(combinations(letters)))
+        return {c: int(n) for c, n in zip(combinations(letters), counts.tolist()) if n}
+
+
+def _zero_missing(x: np.ndarray, present: np.ndarray) -> Tensor:
+    """Float32 tensor of ``x`` with missing rows set to zero (whatever a source left there)."""
+    out = torch.as_tensor(np.array(x, dtype=np.float32, copy=True))
+    out[torch.as_tensor(~present)] = 0.0
+    return out
+
+
+def _keep(index: Tensor, mask: Tensor) -> Tensor:
+    return index[mask.index_select(0, index)]
+
+
+def validate_arrays(raw: RawArrays, name: str) -> None:
+    """Fail early, naming the modality and what was expected, on malformed input."""
+    n = len(raw.labels)
+    letters = [m.letter for m in raw.modalities]
+    if len(set(letters)) != len(letters):
+        raise ValueError(f"data set {name!r}: modality letters must be unique, got {letters}")
+    if raw.observed.shape != (n, len(letters)):
+        raise ValueError(f"data set {name!r}: observed mask has shape {raw.observed.shape}, "
+                         f"expected ({n}, {len(letters)})")
+    if len(raw.ids) != n or len(set(map(str, raw.ids))) != n:
+        raise ValueError(f"data set {name!r}: expected {n} unique sample ids")
+    for j, m in enumerate(raw.modalities):
+        x = raw.features.get(m.letter)
+        if x is None:
+            raise ValueError(f"data set {name!r}: no features for modality {m.letter!r}")
+        if x.shape != (n, *m.shape):
+            raise ValueError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has shape "
+                             f"{x.shape}, expected {(n, *m.shape)}")
+        present = raw.observed[:, j]
+        bad = ~np.isfinite(x[present].reshape(int(present.sum()), -1)).all(1)
+        if bad.any():
+            rows = np.flatnonzero(present)[bad][:5]
+            raise ValueError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has NaN or "
+                             f"infinite features in observed samples {raw.ids[rows].tolist()}; "
+                             "impute them or mark the modality missing for those samples")
+        if not present.any():
+            raise ValueError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has no "
+                             "observed sample")
+    labels = np.asarray(raw.labels)
+    if labels.min() < 0 or labels.max() >= len(raw.class_names):
+        raise ValueError(f"data set {name!r}: labels must lie in 0..{len(raw.class_names) - 1}")

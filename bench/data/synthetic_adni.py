@@ -1,0 +1,213 @@
+"""Seeded synthetic stand-in for the ADNI cohort of the Flex-MoE paper (NeurIPS 2024).
+
+Why: real ADNI needs a data-use agreement, yet the suite must run end to end out of the
+box. This generator keeps ADNI's modality layout, its exact observed-combination counts
+and a similar difficulty, so that model rankings under missing modalities mean something.
+
+Mechanism (the data card, ``datasets/synthetic-adni/README.md``, has the numbers):
+
+* Missingness is informative. Each observed combination gets its own class mix (C-only
+  patients are mostly CN, fully observed ones carry more MCI and Dementia); class counts
+  per combination are allocated exactly, then rows are shuffled with the seed.
+* Additive signal is weak per modality. Every modality sees its own noisy copy of a
+  disease-severity latent (class means -g/0/+g, noise partly shared across modalities),
+  spread over a handful of its features. One modality alone is weak; four add up.
+* Some signal lives only in interactions. Two modality pairs (I x G and C x B) share
+  latent factors ``u``: one side records ``u``, the other ``u * t(y)`` with ``t = +-1``.
+  Each side alone is distributed identically for every class (``u`` is symmetric), so no
+  single modality, and no linear model, can read it; the sign of the product can
+  (``t`` is Dementia-vs-rest for I x G and MCI-vs-rest for C x B).
+* Nuisance structure makes it look like data: age and head size shared across
+  modalities, ancestry shared by the SNPs and the race one-hot, column noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.data.arrays import Modality, RawArrays
+
+MODALITIES: tuple[Modality, ...] = (
+    Modality("image", "I", (256,), "vector"),
+    Modality("genetic", "G", (500,), "vector"),
+    Modality("clinical", "C", (40,), "vector"),
+    Modality("biospecimen", "B", (12,), "vector"),
+)
+CLASS_NAMES: tuple[str, ...] = ("CN", "MCI", "Dementia")
+
+#: ADNI's observed-combination counts (letters in canonical order), as in the paper.
+COMBINATION_COUNTS: dict[str, int] = {
+    "IGCB": 1474, "C": 479, "IC": 157, "ICB": 127, "GCB": 122, "CB": 21,
+}
+#: Class mix (CN, MCI, Dementia) per combination: how missingness carries label information.
+CLASS_MIX: dict[str, tuple[float, ...]] = {
+    "IGCB": (0.30, 0.48, 0.22),
+    "C": (0.56, 0.34, 0.10),
+    "IC": (0.36, 0.44, 0.20),
+    "ICB": (0.33, 0.45, 0.22),
+    "GCB": (0.30, 0.52, 0.18),
+    "CB": (0.43, 0.43, 0.14),
+}
+
+SEVERITY_GAIN = {"I": 0.32, "G": 0.25, "C": 0.28, "B": 0.32}  # per-modality class separation
+SHARED_NOISE = 0.3  # fraction of severity noise common to all modalities
+N_PAIR = 4  # latent factors per interacting modality pair
+PAIR_NOISE = 0.45  # noise on each recorded side of an interaction factor
+
+
+def scaled_counts(counts: dict[str, int], scale: float) -> dict[str, int]:
+    """Multiply each count by ``scale``, round half up, keep at least one per combination."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return {k: max(1, int(np.floor(v * scale + 0.5))) for k, v in counts.items()}
+
+
+def allocate(n: int, probs: tuple[float, ...]) -> np.ndarray:
+    """Split ``n`` into integer class counts that follow ``probs`` (largest remainder)."""
+    p = np.asarray(probs, dtype=float) / float(np.sum(probs))
+    raw = n * p
+    out = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - out), kind="stable")
+    out[order[: n - int(out.sum())]] += 1
+    return out
+
+
+def layout(counts: dict[str, int], mix: dict[str, tuple[float, ...]], letters: str,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Observed mask and labels with exact per-combination counts, rows shuffled by ``rng``."""
+    masks, labels = [], []
+    for combo, n in counts.items():
+        per_class = allocate(n, mix[combo])
+        labels.append(np.repeat(np.arange(len(per_class)), per_class))
+        masks.append(np.tile([c in combo for c in letters], (n, 1)))
+    order = rng.permutation(sum(counts.values()))
+    return np.concatenate(masks)[order], np.concatenate(labels).astype(np.int64)[order]
+
+
+def make_ids(prefix: str, n: int) -> np.ndarray:
+    """Zero-padded sample identifiers such as ``ADNI-S00001``."""
+    width = max(5, len(str(n)))
+    return np.array([f"{prefix}{i + 1:0{width}d}" for i in range(n)])
+
+
+def zscore(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Standardise columns with statistics of the observed ``rows`` (as a preprocessing step would)."""
+    ref = x[rows] if rows.any() else x
+    sd = ref.std(axis=0)
+    return (x - ref.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def severity(labels: np.ndarray, rng: np.random.Generator,
+             gains: dict[str, float], shared: float) -> dict[str, np.ndarray]:
+    """Per-modality noisy copies of a class-ordered latent; noise is partly shared."""
+    centred = labels - (labels.max(initial=0) / 2.0)
+    common = rng.standard_normal(labels.shape[0])
+    return {k: g * centred + np.sqrt(shared) * common
+            + np.sqrt(1 - shared) * rng.standard_normal(labels.shape[0])
+            for k, g in gains.items()}
+
+
+def _loaded(rng: np.random.Generator, latent: np.ndarray, n_cols: int,
+            low: float, high: float) -> np.ndarray:
+    """``latent`` spread over ``n_cols`` columns with random loadings in ``[low, high]``."""
+    return latent[:, None] * rng.uniform(low, high, n_cols)[None, :]
+
+
+def _image(rng, sev, age, head, u) -> np.ndarray:
+    """Log region volumes: head size and age everywhere, severity in medial-temporal-like regions."""
+    n, f = sev.shape[0], MODALITIES[0].num_features
+    x = rng.normal(7.5, 1.0, f)[None, :] + 0.5 * rng.standard_normal((n, f))
+    x += _loaded(rng, head, f, 0.2, 0.5) - _loaded(rng, age, f, 0.0, 0.25)
+    x[:, :16] -= _loaded(rng, sev, 16, 0.4, 0.7)  # atrophy with severity
+    x[:, 16:16 + N_PAIR] = u + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
+    return x
+
+
+def _genetic(rng, sev, ancestry, u, t) -> np.ndarray:
+    """SNP dosages 0/1/2 rescaled to -1/0/1; risk SNPs follow severity, some pair with I."""
+    n, f = sev.shape[0], MODALITIES[1].num_features
+    maf = rng.uniform(0.05, 0.5, f)
+    logit = np.log(maf / (1 - maf))[None, :] + _loaded(rng, ancestry, f, -0.3, 0.3)
+    logit[:, :40] += _loaded(rng, sev, 40, 0.3, 0.6)  # polygenic risk
+    dose = rng.binomial(2, 1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
+    hidden = u * t[:, None] + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
+    dose[:, 40:40 + N_PAIR] = np.digitize(hidden, [-0.55, 0.55])
+    return dose - 1.0
+
+
+def _one_hot(codes: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k)[np.clip(codes, 0, k - 1)]
+
+
+def _clinical(rng, sev, age, ancestry, u) -> tuple[np.ndarray, np.ndarray]:
+    """19 one-hot columns (sex, education, marital, race, ethnicity, handedness), 21 numeric."""
+    n = sev.shape[0]
+    edu = rng.normal(0, 1, n)
+    race = np.where(ancestry > 1.0, 1, 0) + rng.choice(5, n, p=[.8, .05, .05, .05, .05])
+    blocks = [
+        _one_hot(rng.integers(0, 2, n), 2),
+        _one_hot(np.digitize(edu + 0.3 * rng.standard_normal(n), [-1, 0, 1]), 4),
+        _one_hot(rng.choice(4, n, p=[0.65, 0.15, 0.12, 0.08]), 4),
+        _one_hot(race, 5),
+        _one_hot((rng.random(n) < 0.05).astype(int), 2),
+        _one_hot((rng.random(n) < 0.1).astype(int), 2),
+    ]
+    num = 0.8 * rng.standard_normal((n, 21))
+    num[:, 0] = age
+    num[:, 1] = edu + 0.2 * rng.standard_normal(n)
+    num[:, 2:8] += _loaded(rng, 0.7 * age, 6, -0.5, 0.5)  # vitals / body measures
+    num[:, 8:14] += _loaded(rng, sev, 6, 0.5, 0.8)  # history / neuro-exam scores
+    num[:, 14:14 + N_PAIR] = u + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
+    return np.concatenate(blocks, axis=1), num
+
+
+def _biospecimen(rng, sev, age, u, t) -> np.ndarray:
+    """CSF Abeta/tau/p-tau follow severity, APOE4 count, 4 pair markers, 4 nuisance markers."""
+    n = sev.shape[0]
+    x = 0.8 * rng.standard_normal((n, 12))
+    x[:, 0] -= 0.6 * sev
+    x[:, 1:3] += _loaded(rng, sev, 2, 0.45, 0.6) + 0.4 * rng.standard_normal(n)[:, None]
+    p4 = 1.0 / (1.0 + np.exp(-(np.log(0.2 / 0.8) + 0.4 * sev)))
+    x[:, 4:4 + N_PAIR] = u * t[:, None] + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
+    x[:, 8:12] += _loaded(rng, age, 4, 0.2, 0.6)
+    x = zscore(x, np.ones(n, dtype=bool))
+    x[:, 3] = rng.binomial(2, p4)  # APOE4 allele count stays 0/1/2
+    return x
+
+
+def generate(seed: int = 0, scale: float = 1.0) -> RawArrays:
+    """Build synthetic-adni: ADNI's combination counts times ``scale``, seeded throughout."""
+    rng = np.random.default_rng(seed)
+    letters = "".join(m.letter for m in MODALITIES)
+    observed, labels = layout(scaled_counts(COMBINATION_COUNTS, scale), CLASS_MIX, letters, rng)
+    n = labels.shape[0]
+    sev = severity(labels, rng, SEVERITY_GAIN, SHARED_NOISE)
+    age = 0.25 * (labels - 1.0) + rng.standard_normal(n)
+    head, ancestry = rng.standard_normal(n), rng.standard_normal(n)
+    u_ig, u_cb = rng.standard_normal((n, N_PAIR)), rng.standard_normal((n, N_PAIR))
+    t_ig = np.where(labels == 2, 1.0, -1.0)
+    t_cb = np.where(labels == 1, 1.0, -1.0)
+    onehot, numeric = _clinical(rng, sev["C"], age, ancestry, u_cb)
+    raw = {
+        "I": _image(rng, sev["I"], age, head, u_ig),
+        "G": _genetic(rng, sev["G"], ancestry, u_ig, t_ig),
+        "C": np.concatenate([onehot, numeric], axis=1),
+        "B": _biospecimen(rng, sev["B"], age, u_cb, t_cb),
+    }
+    features: dict[str, np.ndarray] = {}
+    for j, m in enumerate(MODALITIES):
+        x = raw[m.letter]
+        if m.letter in ("I", "B"):
+            x = zscore(x, observed[:, j]) if m.letter == "I" else x
+        elif m.letter == "C":
+            x[:, 19:] = zscore(x[:, 19:], observed[:, j])
+        x = np.where(observed[:, j][:, None], x, 0.0).astype(np.float32)
+        features[m.letter] = np.ascontiguousarray(x.reshape((n, *m.shape)))
+    return RawArrays(
+        modalities=MODALITIES,
+        features=features,
+        observed=observed.astype(bool),
+        labels=labels,
+        ids=make_ids("ADNI-S", n),
+        class_names=CLASS_NAMES,
+    )

@@ -1,0 +1,276 @@
+"""Sparse mixture-of-experts layer in plain PyTorch.
+
+Reproduces the behaviour of FastMoE's ``FMoETransformerMLP`` driven by Flex-MoE's noisy top-k
+gate (``AddtionalNoisyGate``) without FastMoE's CUDA kernels, so that the same layer runs on CPU
+and GPU and can be reused by the LIMoE and FuseMoE baselines (dot or Laplace logits, optional
+noise, sum or log-mixture combination). The layer returns the routing state instead of storing
+a loss, so every caller computes the routing loss it needs (see ``flexmoe.router``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Experts",
+    "GateOutput",
+    "NoisyTopKGate",
+    "SparseMoE",
+    "balance_loss",
+    "cv_squared",
+    "dispatch",
+    "prob_in_top_k",
+]
+
+# FuseMoE replaces exact zeros of the mixture by numpy's float eps before taking the log.
+_LOGMIX_EPS = torch.finfo(torch.float64).eps
+
+
+def cv_squared(v: Tensor) -> Tensor:
+    """Squared coefficient of variation, the balance penalty of Shazeer et al. (2017).
+
+    Unbiased variance (torch's default, as FastMoE) over mean² + 1e-10; a vector with fewer
+    than two entries has no spread and gives 0 (FastMoE special-cases length 1).
+    """
+    if not v.is_floating_point():
+        v = v.float()
+    if v.numel() < 2:
+        return v.new_zeros(())
+    return v.var() / (v.mean() ** 2 + 1e-10)
+
+
+def prob_in_top_k(clean: Tensor, noisy: Tensor, sigma: Tensor, top_values: Tensor, k: int) -> Tensor:
+    """Per-token probability that each expert stays in the top k under fresh noise.
+
+    ``top_values`` are the k+1 largest noisy logits per token (descending). An expert already
+    inside the top k must beat the (k+1)-th value; one outside must beat the k-th. This is the
+    smooth load estimate that lets the load term of the balance loss carry gradients.
+    """
+    thr_in = top_values[:, k : k + 1]
+    thr_out = top_values[:, k - 1 : k]
+    is_in = noisy > thr_in
+    return torch.where(
+        is_in, torch.special.ndtr((clean - thr_in) / sigma), torch.special.ndtr((clean - thr_out) / sigma)
+    )
+
+
+class GateOutput(NamedTuple):
+    """Routing state of one gate call over N tokens and E experts."""
+
+    clean: Tensor  # [N, E] logits without noise
+    noisy: Tensor  # [N, E] logits used for routing (equal to ``clean`` without noise)
+    sigma: Tensor | None  # [N, E] noise scale, None when no noise was added
+    index: Tensor  # [N, k] chosen experts, best first
+    gates: Tensor  # [N, k] weights of the chosen experts
+    load: Tensor  # [N, E] smooth (Φ) or hard 0/1 per-token load
+
+    @property
+    def importance(self) -> Tensor:
+        """Dense [N, E] gate matrix (zeros off the top k), summable over any token subset."""
+        return torch.zeros_like(self.clean).scatter(1, self.index, self.gates)
+
+
+class NoisyTopKGate(nn.Module):
+    """Noisy top-k gate of FastMoE's ``NoisyGate`` as used by Flex-MoE.
+
+    ``logits="dot"`` gives x·W (Flex-MoE, LIMoE); ``"laplace"`` gives −‖x − w_e‖₂ (FuseMoE).
+    ``gate_softmax="topk"`` renormalises the softmax over the k chosen logits (FastMoE, FuseMoE);
+    ``"all"`` takes the softmax over all E logits at the chosen experts (V-MoE/LIMoE style, so
+    top-1 routing still passes task gradients to the router). Without noise no ``w_noise`` exists.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        num_experts: int,
+        top_k: int,
+        noisy: bool = True,
+        logits: Literal["dot", "laplace"] = "dot",
+        init: Literal["kaiming", "zeros"] = "kaiming",
+        gate_softmax: Literal["topk", "all"] = "topk",
+        noise_epsilon: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
+        if logits not in ("dot", "laplace"):
+            raise ValueError(f"logits must be 'dot' or 'laplace', got {logits!r}")
+        if init not in ("kaiming", "zeros"):
+            raise ValueError(f"init must be 'kaiming' or 'zeros', got {init!r}")
+        if gate_softmax not in ("topk", "all"):
+            raise ValueError(f"gate_softmax must be 'topk' or 'all', got {gate_softmax!r}")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.noisy, self.logits, self.init, self.gate_softmax = noisy, logits, init, gate_softmax
+        self.noise_epsilon = noise_epsilon
+        self.w_gate = nn.Parameter(torch.empty(hidden, num_experts))
+        self.w_noise = nn.Parameter(torch.empty(hidden, num_experts)) if noisy else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """kaiming_uniform_(a=√5) on (H, E): fan_in is E, so the bound is 1/√E; or zeros (FuseMoE)."""
+        for w in (self.w_gate, self.w_noise):
+            if w is None:
+                continue
+            if self.init == "zeros":
+                nn.init.zeros_(w)
+            else:
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> GateOutput:
+        if self.logits == "dot":
+            clean = x @ self.w_gate
+        else:
+            clean = -torch.cdist(x, self.w_gate.t(), compute_mode="donot_use_mm_for_euclid_dist")
+        sigma = None
+        noisy = clean
+        if self.noisy and self.training:
+            sigma = F.softplus(x @ self.w_noise) + self.noise_epsilon
+            noisy = clean + torch.randn_like(clean) * sigma
+        k, e = self.top_k, self.num_experts
+        top_values, top_index = noisy.topk(min(k + 1, e), dim=1)
+        index = top_index[:, :k]
+        if self.gate_softmax == "topk":
+            gates = torch.softmax(top_values[:, :k], dim=1)
+        else:
+            gates = torch.softmax(noisy, dim=1).gather(1, index)
+        if sigma is not None and k < e:
+            load = prob_in_top_k(clean, noisy, sigma, top_values, k)
+        else:
+            load = torch.zeros_like(clean).scatter(1, index, (gates > 0).to(clean.dtype))
+        return GateOutput(clean, noisy, sigma, index, gates, load)
+
+
+class Experts(nn.Module):
+    """E two-layer MLPs stored as stacked 3-D tensors so they run as batched matmuls.
+
+    Weights are drawn like FastMoE's ``FMoELinear``: kaiming_uniform_(a=√5) on the 3-D tensor
+    (E, out, in), whose fan_in is out·in (bound 1/√(out·in)); they are drawn in that layout, so a
+    seed gives FastMoE's values, and stored transposed as (E, in, out). Biases start at zero.
+    """
+
+    def __init__(
+        self, num_experts: int, d_in: int, d_hidden: int, d_out: int, activation: Literal["gelu", "relu"] = "gelu"
+    ) -> None:
+        super().__init__()
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+        self.num_experts, self.activation = num_experts, activation
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_in, d_hidden))
+        self.b1 = nn.Parameter(torch.zeros(num_experts, d_hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_hidden, d_out))
+        self.b2 = nn.Parameter(torch.zeros(num_experts, d_out))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for w in (self.w1, self.w2):
+                fastmoe_layout = torch.empty(w.shape[0], w.shape[2], w.shape[1], dtype=w.dtype, device=w.device)
+                nn.init.kaiming_uniform_(fastmoe_layout, a=math.sqrt(5))
+                w.copy_(fastmoe_layout.transpose(1, 2))
+            self.b1.zero_()
+            self.b2.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[E, C, d_in] → [E, C, d_out]: expert e applied to the C rows of slice e."""
+        h = torch.baddbmm(self.b1.unsqueeze(1), x, self.w1)
+        h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
+        return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
+
+
+def dispatch(
+    x: Tensor, index: Tensor, gates: Tensor, experts: Experts, combine: Literal["sum", "logmix"] = "sum"
+) -> Tensor:
+    """Σ_j gates[n, j] · expert_{index[n, j]}(x[n]) for every token, without a loop over experts.
+
+    The N·k token–expert assignments are packed expert by expert into an [E, capacity, d_in]
+    buffer (capacity = the largest number of assignments any expert received in this call; the
+    padding rows read a zero row and are never read back), run through two batched matmuls, and
+    read back per assignment. ``combine="logmix"`` is FuseMoE's mixture in probability space:
+    expert outputs pass a log-softmax over features and y = log Σ_j g_j·exp(expert_j(x)), exact
+    zeros replaced by eps.
+    """
+    if combine not in ("sum", "logmix"):
+        raise ValueError(f"combine must be 'sum' or 'logmix', got {combine!r}")
+    n, k = index.shape
+    e = experts.num_experts
+    flat = index.reshape(-1)
+    counts = torch.bincount(flat, minlength=e)
+    capacity = int(counts.max())
+    order = torch.argsort(flat, stable=True)
+    sorted_expert = flat[order]
+    rank_in_expert = torch.arange(flat.numel(), device=flat.device) - (counts.cumsum(0) - counts)[sorted_expert]
+    slot = torch.empty_like(flat)
+    slot[order] = sorted_expert * capacity + rank_in_expert
+    source = flat.new_full((e * capacity,), n)
+    source[slot] = torch.arange(flat.numel(), device=flat.device) // k
+    buffer = torch.cat([x, x.new_zeros(1, x.shape[1])])[source].view(e, capacity, x.shape[1])
+    out = experts(buffer).flatten(0, 1)[slot].view(n, k, -1)
+    if combine == "sum":
+        return torch.bmm(gates.unsqueeze(1), out).squeeze(1)
+    mixture = torch.bmm(gates.unsqueeze(1), torch.softmax(out, dim=-1)).squeeze(1)
+    return torch.where(mixture == 0, _LOGMIX_EPS, mixture).log()
+
+
+def balance_loss(
+    gate_output: GateOutput, mask: Tensor | None = None, experts: slice | Sequence[int] | Tensor | None = None
+) -> Tensor:
+    """cv²(Σ importance) + cv²(Σ load) over a token subset (bool ``mask``) and an expert subset.
+
+    Summing an empty token subset gives zero vectors, whose cv² is 0, as in Flex-MoE.
+    """
+    importance, load = gate_output.importance, gate_output.load
+    if mask is not None:
+        importance, load = importance[mask], load[mask]
+    importance, load = importance.sum(0), load.sum(0)
+    if experts is not None:
+        importance, load = importance[experts], load[experts]
+    return cv_squared(importance) + cv_squared(load)
+
+
+class SparseMoE(nn.Module):
+    """Noisy top-k gate + E MLP experts; ``forward`` returns (output, routing state).
+
+    Defaults are Flex-MoE's (GELU experts of width 2·hidden back to hidden, dot logits with
+    noise, renormalised top-k gates, weighted-sum combination). The caller turns the returned
+    ``GateOutput`` into a routing loss (``balance_loss`` or ``flexmoe.router``).
+    """
+
+    balance_loss = staticmethod(balance_loss)
+
+    def __init__(
+        self,
+        hidden: int,
+        num_experts: int,
+        top_k: int,
+        d_hidden: int | None = None,
+        d_out: int | None = None,
+        noisy: bool = True,
+        logits: Literal["dot", "laplace"] = "dot",
+        gate_init: Literal["kaiming", "zeros"] = "kaiming",
+        combine: Literal["sum", "logmix"] = "sum",
+        activation: Literal["gelu", "relu"] = "gelu",
+        gate_softmax: Literal["topk", "all"] = "topk",
+    ) -> None:
+        super().__init__()
+        if combine not in ("sum", "logmix"):
+            raise ValueError(f"combine must be 'sum' or 'logmix', got {combine!r}")
+        self.hidden, self.combine = hidden, combine
+        self.gate = NoisyTopKGate(
+            hidden, num_experts, top_k, noisy=noisy, logits=logits, init=gate_init, gate_softmax=gate_softmax
+        )
+        self.experts = Experts(
+            num_experts, hidden, d_hidden or 2 * hidden, d_out or hidden, activation=activation
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, GateOutput]:
+        lead = x.shape[:-1]
+        tokens = x.reshape(-1, self.hidden)
+        gate_output = self.gate(tokens)
+        y = dispatch(tokens, gate_output.index, gate_output.gates, self.experts, self.combine)
+        return y.reshape(*lead, y.shape[-1]), gate_output

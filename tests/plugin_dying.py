@@ -1,0 +1,19 @@
+"""Test plug-in: a TF copy that kills its process the first time it trains."""
+
+import os
+from pathlib import Path
+
+from baselines.tf import TensorFusion
+from bench.registry import register_model
+
+
+@register_model("dies-once")
+class DiesOnce(TensorFusion):
+    """Exits the whole process (no cleanup) on its first forward; trains normally after."""
+
+    def forward(self, batch):
+        flag = Path(os.environ["FMB_DIE_FLAG"])
+        if not flag.exists():
+            flag.touch()
+            os._exit(3)
+        return super().forward(batch)
