@@ -116,7 +116,7 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: attention then MLP.
+    """Pre-LN block: attention then MLP (or the module passed as ``mlp``).
 
     ``attn_residual="official"`` reproduces the released Flex-MoE code, where the attention
     sub-layer computes ``a + Dropout(a)`` and drops the block input; ``"standard"`` is
@@ -124,20 +124,25 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: int = 2, dropout: float = 0.0,
-                 attn_residual: str = "standard") -> None:
+                 attn_residual: str = "standard", mlp: nn.Module | None = None) -> None:
         super().__init__()
         if attn_residual not in ("official", "standard"):
-            raise ValueError(f"attn_residual must be 'official' or 'standard', got {attn_residual!r}")
+            raise ValueError("attn_residual must be 'official' or 'standard', "
+                             f"got {attn_residual!r}")
         self.attn_residual = attn_residual
         self.norm1 = nn.LayerNorm(hidden)
         self.attn = Attention(hidden, num_heads, dropout)
         self.norm2 = nn.LayerNorm(hidden)
-        self.mlp = Mlp(hidden, mlp_ratio, dropout)
+        self.mlp = mlp if mlp is not None else Mlp(hidden, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def attend(self, x: Tensor) -> Tensor:
+        """The attention sub-layer with its residual."""
         a = self.attn(self.norm1(x))
-        x = a + self.drop(a) if self.attn_residual == "official" else x + self.drop(a)
+        return a + self.drop(a) if self.attn_residual == "official" else x + self.drop(a)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.attend(x)
         return x + self.drop(self.mlp(self.norm2(x)))
 
 

@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                          "Finished runs in the store are skipped; each run is written when it "
                          "finishes.")
     run.add_argument("--models", default="all",
-                     help="comma-separated model names, or 'all' (default)")
+                     help="comma-separated model names, or 'all' (default: every model but the "
+                     "ablation variants)")
     run.add_argument("--dataset", default="synthetic-adni",
                      help="data set name or folder:PATH (default: synthetic-adni)")
     run.add_argument("--combos", default=None,
@@ -125,7 +126,8 @@ def _print_table(store_path: Path | None, metric: str, dataset: str | None = Non
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import build_grid, cell_records, run_grid
 
-    models = registry.list_models() if args.models == "all" else _csv(args.models)
+    models = (registry.list_models(variants=False) if args.models == "all"
+              else _csv(args.models))
     for m in models:
         registry.model_class(m)
     cells = build_grid(models, args.dataset, _csv(args.combos) if args.combos else None,

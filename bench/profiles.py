@@ -22,7 +22,8 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", 3, (0,), "3 epochs, seed 0: a smoke-level grid in minutes on a CPU"),
     "paper": Profile("paper", None, (0, 1, 2),
-                     "each model's paper settings (50 epochs for the Flex-MoE setting), seeds 0,1,2"),
+                     "each model's paper settings (50 epochs in the Flex-MoE setting), "
+                     "seeds 0,1,2"),
 }
 
 

@@ -94,13 +94,15 @@ def load_plugin(module: str) -> None:
         importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"could not import plug-in module {module!r}: {exc}. Pass an "
-                          "importable module name (on PYTHONPATH or installed) or a .py file") from exc
+                          "importable module name (on PYTHONPATH or installed) or a .py "
+                          "file") from exc
 
 
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
+def list_models(variants: bool = True) -> list[str]:
+    """Names of every registered model, sorted; ``variants=False`` leaves out ablation
+    variants (classes with a ``variant_of`` attribute naming their base model)."""
     load_builtins()
-    return sorted(_models)
+    return sorted(n for n, c in _models.items() if variants or not getattr(c, "variant_of", None))
 
 
 def list_datasets() -> list[str]:

@@ -17,16 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "Experts",
-    "GateOutput",
-    "NoisyTopKGate",
-    "SparseMoE",
-    "balance_loss",
-    "cv_squared",
-    "dispatch",
-    "prob_in_top_k",
-]
+__all__ = ["Experts", "GateOutput", "NoisyTopKGate", "SparseMoE", "balance_loss", "cv_squared",
+           "dispatch", "prob_in_top_k"]
 
 # FuseMoE replaces exact zeros of the mixture by numpy's float eps before taking the log.
 _LOGMIX_EPS = torch.finfo(torch.float64).eps
@@ -45,7 +37,9 @@ def cv_squared(v: Tensor) -> Tensor:
     return v.var() / (v.mean() ** 2 + 1e-10)
 
 
-def prob_in_top_k(clean: Tensor, noisy: Tensor, sigma: Tensor, top_values: Tensor, k: int) -> Tensor:
+def prob_in_top_k(
+    clean: Tensor, noisy: Tensor, sigma: Tensor, top_values: Tensor, k: int
+) -> Tensor:
     """Per-token probability that each expert stays in the top k under fresh noise.
 
     ``top_values`` are the k+1 largest noisy logits per token (descending). An expert already
@@ -54,10 +48,9 @@ def prob_in_top_k(clean: Tensor, noisy: Tensor, sigma: Tensor, top_values: Tenso
     """
     thr_in = top_values[:, k : k + 1]
     thr_out = top_values[:, k - 1 : k]
-    is_in = noisy > thr_in
-    return torch.where(
-        is_in, torch.special.ndtr((clean - thr_in) / sigma), torch.special.ndtr((clean - thr_out) / sigma)
-    )
+    prob_if_in = torch.special.ndtr((clean - thr_in) / sigma)
+    prob_if_out = torch.special.ndtr((clean - thr_out) / sigma)
+    return torch.where(noisy > thr_in, prob_if_in, prob_if_out)
 
 
 class GateOutput(NamedTuple):
@@ -113,7 +106,7 @@ class NoisyTopKGate(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """kaiming_uniform_(a=√5) on (H, E): fan_in is E, so the bound is 1/√E; or zeros (FuseMoE)."""
+        """kaiming_uniform_(a=√5) on (H, E) (fan_in E, bound 1/√E), or zeros as FuseMoE."""
         for w in (self.w_gate, self.w_noise):
             if w is None:
                 continue
@@ -147,7 +140,7 @@ class NoisyTopKGate(nn.Module):
 
 
 class Experts(nn.Module):
-    """E two-layer MLPs stored as stacked 3-D tensors so they run as batched matmuls.
+    """E two-layer MLPs stored as stacked 3-D tensors so they run as batched or grouped matmuls.
 
     Weights are drawn like FastMoE's ``FMoELinear``: kaiming_uniform_(a=√5) on the 3-D tensor
     (E, out, in), whose fan_in is out·in (bound 1/√(out·in)); they are drawn in that layout, so a
@@ -155,7 +148,12 @@ class Experts(nn.Module):
     """
 
     def __init__(
-        self, num_experts: int, d_in: int, d_hidden: int, d_out: int, activation: Literal["gelu", "relu"] = "gelu"
+        self,
+        num_experts: int,
+        d_in: int,
+        d_hidden: int,
+        d_out: int,
+        activation: Literal["gelu", "relu"] = "gelu",
     ) -> None:
         super().__init__()
         if activation not in ("gelu", "relu"):
@@ -170,55 +168,94 @@ class Experts(nn.Module):
     def reset_parameters(self) -> None:
         with torch.no_grad():
             for w in (self.w1, self.w2):
-                fastmoe_layout = torch.empty(w.shape[0], w.shape[2], w.shape[1], dtype=w.dtype, device=w.device)
+                fastmoe_layout = w.new_empty(w.shape[0], w.shape[2], w.shape[1])
                 nn.init.kaiming_uniform_(fastmoe_layout, a=math.sqrt(5))
                 w.copy_(fastmoe_layout.transpose(1, 2))
             self.b1.zero_()
             self.b2.zero_()
 
+    def _act(self, h: Tensor) -> Tensor:
+        return F.gelu(h) if self.activation == "gelu" else F.relu(h)
+
     def forward(self, x: Tensor) -> Tensor:
         """[E, C, d_in] → [E, C, d_out]: expert e applied to the C rows of slice e."""
-        h = torch.baddbmm(self.b1.unsqueeze(1), x, self.w1)
-        h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
+        h = self._act(torch.baddbmm(self.b1.unsqueeze(1), x, self.w1))
         return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
+
+    def forward_grouped(self, x: Tensor, expert: Tensor, counts: Tensor) -> Tensor:
+        """[A, d_in] rows sorted by expert (``expert`` [A], ``counts`` [E]) → [A, d_out]."""
+        offsets = counts.cumsum(0).to(torch.int32)
+        h = self._act(F.grouped_mm(x, self.w1, offs=offsets) + self.b1.index_select(0, expert))
+        return F.grouped_mm(h, self.w2, offs=offsets) + self.b2.index_select(0, expert)
+
+
+def _grouped_supported(x: Tensor, experts: Experts) -> bool:
+    """Whether ``F.grouped_mm`` can run this call: CPU, float32/16, 16-byte-aligned row strides."""
+    if not hasattr(F, "grouped_mm") or x.device.type != "cpu":
+        return False
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or experts.w1.dtype != x.dtype:
+        return False
+    align = 16 // x.element_size()
+    return all(d % align == 0 for d in (*experts.w1.shape[1:], experts.w2.shape[2]))
 
 
 def dispatch(
-    x: Tensor, index: Tensor, gates: Tensor, experts: Experts, combine: Literal["sum", "logmix"] = "sum"
+    x: Tensor,
+    index: Tensor,
+    gates: Tensor,
+    experts: Experts,
+    combine: Literal["sum", "logmix"] = "sum",
+    scheme: Literal["auto", "grouped", "padded"] = "auto",
 ) -> Tensor:
     """Σ_j gates[n, j] · expert_{index[n, j]}(x[n]) for every token, without a loop over experts.
 
-    The N·k token–expert assignments are packed expert by expert into an [E, capacity, d_in]
-    buffer (capacity = the largest number of assignments any expert received in this call; the
-    padding rows read a zero row and are never read back), run through two batched matmuls, and
-    read back per assignment. ``combine="logmix"`` is FuseMoE's mixture in probability space:
-    expert outputs pass a log-softmax over features and y = log Σ_j g_j·exp(expert_j(x)), exact
-    zeros replaced by eps.
+    The N·k token–expert assignments are sorted by expert, then either
+    ``"grouped"``: run as one jagged ``F.grouped_mm`` per layer (exact work, no padding), or
+    ``"padded"``: packed into an [E, capacity, d_in] buffer (capacity = the largest number of
+    assignments of any expert in this call; padding rows are zeros never read back) and run as
+    two ``baddbmm``. ``"auto"`` takes ``grouped`` where ``_grouped_supported`` (CPU, float32/16,
+    dims multiple of 16 bytes) and ``padded`` elsewhere (CUDA, float64). Measured on CPU (one
+    thread, N=128, H=128, E=16, k=4, forward+backward): both cost the same under balanced
+    routing, padded ~2.2× more when one expert takes every token (capacity = N, the kind of skew
+    Flex-MoE's combination cross-entropy creates); a per-expert Python loop ~3× more.
+
+    ``combine="logmix"`` is FuseMoE's mixture in probability space: expert outputs pass a
+    log-softmax over features and y = log Σ_j g_j·exp(expert_j(x)), exact zeros replaced by eps.
     """
     if combine not in ("sum", "logmix"):
         raise ValueError(f"combine must be 'sum' or 'logmix', got {combine!r}")
+    if scheme == "auto":
+        scheme = "grouped" if _grouped_supported(x, experts) else "padded"
+    elif scheme not in ("grouped", "padded"):
+        raise ValueError(f"scheme must be 'auto', 'grouped' or 'padded', got {scheme!r}")
     n, k = index.shape
     e = experts.num_experts
     flat = index.reshape(-1)
-    counts = torch.bincount(flat, minlength=e)
-    capacity = int(counts.max())
     order = torch.argsort(flat, stable=True)
-    sorted_expert = flat[order]
-    rank_in_expert = torch.arange(flat.numel(), device=flat.device) - (counts.cumsum(0) - counts)[sorted_expert]
-    slot = torch.empty_like(flat)
-    slot[order] = sorted_expert * capacity + rank_in_expert
-    source = flat.new_full((e * capacity,), n)
-    source[slot] = torch.arange(flat.numel(), device=flat.device) // k
-    buffer = torch.cat([x, x.new_zeros(1, x.shape[1])])[source].view(e, capacity, x.shape[1])
-    out = experts(buffer).flatten(0, 1)[slot].view(n, k, -1)
+    expert = flat.index_select(0, order)
+    counts = torch.bincount(flat, minlength=e)
+    rows = x.index_select(0, order // k)
+    if scheme == "grouped":
+        out = experts.forward_grouped(rows, expert, counts)
+    else:
+        capacity = int(counts.max()) if flat.numel() else 0
+        starts = (counts.cumsum(0) - counts).index_select(0, expert)
+        slot = expert * capacity + torch.arange(flat.numel(), device=flat.device) - starts
+        buffer = x.new_zeros(e * capacity, x.shape[1]).index_copy(0, slot, rows)
+        out = experts(buffer.view(e, capacity, x.shape[1])).flatten(0, 1).index_select(0, slot)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    out = out.index_select(0, inverse).view(n, k, out.shape[-1])
     if combine == "sum":
-        return torch.bmm(gates.unsqueeze(1), out).squeeze(1)
-    mixture = torch.bmm(gates.unsqueeze(1), torch.softmax(out, dim=-1)).squeeze(1)
+        return (gates.unsqueeze(-1) * out).sum(1)
+    mixture = (gates.unsqueeze(-1) * torch.softmax(out, dim=-1)).sum(1)
     return torch.where(mixture == 0, _LOGMIX_EPS, mixture).log()
 
 
 def balance_loss(
-    gate_output: GateOutput, mask: Tensor | None = None, experts: slice | Sequence[int] | Tensor | None = None
+    gate_output: GateOutput,
+    mask: Tensor | None = None,
+    experts: slice | Sequence[int] | Tensor | None = None,
 ) -> Tensor:
     """cv²(Σ importance) + cv²(Σ load) over a token subset (bool ``mask``) and an expert subset.
 
@@ -262,7 +299,7 @@ class SparseMoE(nn.Module):
             raise ValueError(f"combine must be 'sum' or 'logmix', got {combine!r}")
         self.hidden, self.combine = hidden, combine
         self.gate = NoisyTopKGate(
-            hidden, num_experts, top_k, noisy=noisy, logits=logits, init=gate_init, gate_softmax=gate_softmax
+            hidden, num_experts, top_k, noisy, logits, init=gate_init, gate_softmax=gate_softmax
         )
         self.experts = Experts(
             num_experts, hidden, d_hidden or 2 * hidden, d_out or hidden, activation=activation

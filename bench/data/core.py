@@ -70,7 +70,8 @@ class DataSpec:
 
 @dataclass
 class Batch:
-    """One mini-batch: ``x[letter]`` [B, *shape], ``observed`` [B, M] bool, ``combo`` [B], ``y`` [B]."""
+    """One mini-batch: ``x[letter]`` [B, *shape], ``observed`` [B, M] bool, ``combo`` [B],
+    ``y`` [B]."""
 
     x: dict[str, Tensor]
     observed: Tensor

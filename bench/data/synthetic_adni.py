@@ -41,7 +41,7 @@ COMBINATION_COUNTS: dict[str, int] = {
 }
 #: Class mix (CN, MCI, Dementia) per combination: how missingness carries label information.
 CLASS_MIX: dict[str, tuple[float, ...]] = {
-    "IGCB": (0.30, 0.48, 0.22),
+    "IGCB": (0.33, 0.42, 0.25),
     "C": (0.56, 0.34, 0.10),
     "IC": (0.36, 0.44, 0.20),
     "ICB": (0.33, 0.45, 0.22),
@@ -49,10 +49,10 @@ CLASS_MIX: dict[str, tuple[float, ...]] = {
     "CB": (0.43, 0.43, 0.14),
 }
 
-SEVERITY_GAIN = {"I": 0.32, "G": 0.25, "C": 0.28, "B": 0.32}  # per-modality class separation
-SHARED_NOISE = 0.3  # fraction of severity noise common to all modalities
-N_PAIR = 4  # latent factors per interacting modality pair
-PAIR_NOISE = 0.45  # noise on each recorded side of an interaction factor
+SEVERITY_GAIN = {"I": 0.75, "G": 0.75, "C": 0.75, "B": 0.75}  # per-modality class separation
+SHARED_NOISE = 0.1  # fraction of severity noise common to all modalities
+N_PAIR = 3  # latent factors per interacting modality pair
+PAIR_NOISE = 1.0  # noise on each recorded side of an interaction factor
 
 
 def scaled_counts(counts: dict[str, int], scale: float) -> dict[str, int]:

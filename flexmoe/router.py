@@ -1,0 +1,78 @@
+"""Flex-MoE's combination-aware router loss (Yun et al., NeurIPS 2024).
+
+The released code has one noisy top-k gate whose loss depends on the batch composition:
+
+* batches of fully observed samples only ("G-Router"): the balance loss
+  cv²(Σ importance) + cv²(Σ load) over all tokens and all E experts;
+* otherwise ("S-Router"): cross-entropy of the *noisy* logits of the tokens whose sample misses a
+  modality, with the sample's combination index as the target expert (expert c ↔ combination
+  c, expert 0 ↔ full), plus the balance loss of the full tokens over all E experts (0 when there
+  are none) plus the balance loss of the other tokens over experts 1…E−1.
+
+Routing itself is never forced: the paper's "the S-Router fixes the top-1 expert" is only pushed
+for by the cross-entropy. The loss has the training-mode form in eval mode too (the released code
+pools all tokens there, which only changes logged values).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flexmoe.moe import GateOutput, balance_loss, cv_squared
+
+__all__ = ["flexmoe_router_loss"]
+
+
+def flexmoe_router_loss(
+    gate_output: GateOutput,
+    token_combo: Tensor,
+    specialize: bool = True,
+    generalize: bool = True,
+    exclude_top1: bool = False,
+) -> Tensor:
+    """Router loss of one gate call (sum it over modality chunks and sparse layers).
+
+    Args:
+        gate_output: routing state of N tokens over E experts.
+        token_combo: [N] integer combination index of each token's sample (0 = every modality),
+            expanded sample-major by the caller (``combo.repeat_interleave(P)``).
+        specialize: False is the "w/o ES" ablation: no cross-entropy, one balance loss over all
+            tokens and all experts, whatever the batch composition.
+        generalize: accepted for symmetry with the model's switches; "w/o EG" only changes the
+            epoch order (no full-first warm-up), never this loss.
+        exclude_top1: the paper's wording instead of the code's: for each non-full token, its own
+            combination expert (its cross-entropy target) is left out of the balance sums, i.e.
+            importance and load are Σ over non-full tokens of the token's row with the target
+            column zeroed, and cv² runs over all E experts (expert 0 included). Full tokens and
+            the cross-entropy are unchanged.
+
+    Raises:
+        ValueError: ``token_combo`` is not an integer vector of length N, or an index lies outside
+            [0, E) (E must exceed the largest combination index; −1 marks a sample without any
+            modality of the run, which has no target expert).
+    """
+    n, e = gate_output.clean.shape
+    if token_combo.shape != (n,) or token_combo.is_floating_point():
+        raise ValueError(
+            f"token_combo must be an integer tensor of shape ({n},), got "
+            f"{token_combo.dtype} {tuple(token_combo.shape)}"
+        )
+    if n and (int(token_combo.min()) < 0 or int(token_combo.max()) >= e):
+        raise ValueError(
+            f"combination indices must lie in [0, {e}) (num_experts={e} must exceed the largest "
+            f"combination index), got min {int(token_combo.min())}, max {int(token_combo.max())}"
+        )
+    partial = token_combo != 0
+    if not specialize or not bool(partial.any()):
+        return balance_loss(gate_output)
+    target = token_combo[partial]
+    loss = F.cross_entropy(gate_output.noisy[partial], target)
+    loss = loss + balance_loss(gate_output, mask=~partial)
+    if not exclude_top1:
+        return loss + balance_loss(gate_output, mask=partial, experts=slice(1, None))
+    keep = torch.ones_like(gate_output.clean[partial]).scatter(1, target.unsqueeze(1), 0.0)
+    importance = (gate_output.importance[partial] * keep).sum(0)
+    load = (gate_output.load[partial] * keep).sum(0)
+    return loss + cv_squared(importance) + cv_squared(load)
