@@ -80,6 +80,26 @@ class ModalityTokenizer(nn.Module):
         }
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with its mask drawn by ``rand_like``: same distribution as
+    ``nn.Dropout``, about twice as fast on CPU where ``bernoulli_`` is slow (every fusion
+    layer of the suite runs at dropout 0.5)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with separate q and kv projections (no bias), as Flex-MoE's."""
 
@@ -91,15 +111,19 @@ class Attention(nn.Module):
         self.q = nn.Linear(hidden, hidden, bias=False)
         self.kv = nn.Linear(hidden, 2 * hidden, bias=False)
         self.proj = nn.Linear(hidden, hidden)
-        self.attn_drop = dropout
-        self.proj_drop = nn.Dropout(dropout)
+        self.attn_drop = Dropout(dropout)
+        self.proj_drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, h = x.shape
         q = self.q(x).view(b, n, self.num_heads, -1).transpose(1, 2)
         k, v = self.kv(x).view(b, n, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v,
-                                           dropout_p=self.attn_drop if self.training else 0.0)
+        if self.training and self.attn_drop.p > 0:
+            # explicit softmax so the attention-weight dropout uses the fast mask
+            weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+            a = self.attn_drop(weights) @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v)
         return self.proj_drop(self.proj(a.transpose(1, 2).reshape(b, n, h)))
 
 
@@ -108,7 +132,7 @@ class Mlp(nn.Module):
 
     def __init__(self, hidden: int, ratio: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(hidden, ratio * hidden), nn.GELU(), nn.Dropout(dropout),
+        self.net = nn.Sequential(nn.Linear(hidden, ratio * hidden), nn.GELU(), Dropout(dropout),
                                  nn.Linear(ratio * hidden, hidden))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,7 +158,7 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(hidden, num_heads, dropout)
         self.norm2 = nn.LayerNorm(hidden)
         self.mlp = mlp if mlp is not None else Mlp(hidden, mlp_ratio, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def attend(self, x: Tensor) -> Tensor:
         """The attention sub-layer with its residual."""
@@ -155,7 +179,7 @@ def mlp_head(d_in: int, d_out: int, hidden: int | None = None, num_layers: int =
     layers: list[nn.Module] = []
     width = d_in
     for _ in range(num_layers - 1):
-        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(width, hidden), nn.ReLU(), Dropout(dropout)]
         width = hidden
     layers.append(nn.Linear(width, d_out))
     return nn.Sequential(*layers)

@@ -1,4 +1,4 @@
-"""Command line: ``run``, ``list``, ``table`` (``run_bench.py`` and ``flexmoe-bench``)."""
+"""Command line: ``run``, ``list``, ``table``, ``perf`` (``run_bench.py``, ``flexmoe-bench``)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,24 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--dataset", default="synthetic-adni",
                      help="data set whose defaults 'list models' shows")
 
+    perf = sub.add_parser("perf", parents=[common], help="measure training speed",
+                          description="Train each model for a fixed number of steps at its "
+                          "paper hyper-parameters and report samples/s, ms per step, time per "
+                          "epoch, training FLOPs per step and the achieved fraction of this "
+                          "machine's dense-matmul FLOP rate (measured in the same run).")
+    perf.add_argument("--models", default="flexmoe", help="comma-separated (default: flexmoe)")
+    perf.add_argument("--dataset", default="synthetic-adni", help="default: synthetic-adni")
+    perf.add_argument("--combo", default="IGCB", help="modality combination (default: IGCB)")
+    perf.add_argument("--steps", type=int, default=200, help="timed steps (default 200)")
+    perf.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
+    perf.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads (default: torch's choice)")
+    perf.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    perf.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
+    perf.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="data set option, e.g. scale=2 (repeatable)")
+
     table = sub.add_parser("table", parents=[common, store], help="print a results table",
                            description="Pivot stored runs: rows = combinations, columns = "
                            "models, cells = mean ± std over seeds (percent, population std).")
@@ -175,6 +193,31 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perf(args: argparse.Namespace) -> int:
+    import torch
+    from tabulate import tabulate
+
+    from bench.perf import benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [benchmark(m, args.dataset, args.combo, args.steps, args.warmup, args.device,
+                         _assignments(args.overrides, "--set"),
+                         _assignments(args.data_option, "--data-option"))
+               for m in _csv(args.models)]
+    rows = [{"model": r.model, "ms/step (median)": r.ms_per_step_median,
+             "ms/step (mean)": r.ms_per_step_mean, "samples/s": r.samples_per_s,
+             "s/epoch": r.s_per_epoch, "train GFLOP/step": r.train_gflop_per_step,
+             "GFLOP/s": r.achieved_gflops, "of matmul peak": f"{r.fraction_of_matmul_peak:.1%}",
+             "params": r.params} for r in results]
+    first = results[0]
+    print(f"{args.dataset} {args.combo}, batch {first.batch_size}, {first.steps} timed steps "
+          f"after {args.warmup}, device {first.device}, {first.threads} thread(s); dense "
+          f"matmul peak {first.matmul_gflops:.1f} GFLOP/s; {first.steps_per_epoch} steps/epoch")
+    print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f"))
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     _print_table(args.store, args.metric, args.dataset, args.profile, None, args.format)
     return 0
@@ -187,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for module in args.plugin:
             registry.load_plugin(module)
-        return {"run": cmd_run, "list": cmd_list, "table": cmd_table}[args.command](args)
+        commands = {"run": cmd_run, "list": cmd_list, "table": cmd_table, "perf": cmd_perf}
+        return commands[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, ImportError, StoreError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)

@@ -25,16 +25,16 @@ _LOGMIX_EPS = torch.finfo(torch.float64).eps
 
 
 def cv_squared(v: Tensor) -> Tensor:
-    """Squared coefficient of variation, the balance penalty of Shazeer et al. (2017).
+    """Squared coefficient of variation over the last axis, the balance penalty of Shazeer et al.
 
-    Unbiased variance (torch's default, as FastMoE) over mean² + 1e-10; a vector with fewer
-    than two entries has no spread and gives 0 (FastMoE special-cases length 1).
+    Unbiased variance (torch's default, as FastMoE) over mean² + 1e-10; fewer than two entries
+    have no spread and give 0 (FastMoE special-cases length 1). A [G, E] input gives G values.
     """
     if not v.is_floating_point():
         v = v.float()
-    if v.numel() < 2:
-        return v.new_zeros(())
-    return v.var() / (v.mean() ** 2 + 1e-10)
+    if v.shape[-1] < 2:
+        return v.new_zeros(v.shape[:-1])
+    return v.var(dim=-1) / (v.mean(dim=-1) ** 2 + 1e-10)
 
 
 def prob_in_top_k(

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flexmoe.moe import GateOutput, balance_loss, cv_squared
+from flexmoe.moe import GateOutput, cv_squared
 
 __all__ = ["flexmoe_router_loss"]
 
@@ -31,13 +31,16 @@ def flexmoe_router_loss(
     specialize: bool = True,
     generalize: bool = True,
     exclude_top1: bool = False,
+    groups: int = 1,
 ) -> Tensor:
-    """Router loss of one gate call (sum it over modality chunks and sparse layers).
+    """Router loss of ``groups`` gate calls, summed (one group per modality chunk).
 
     Args:
-        gate_output: routing state of N tokens over E experts.
-        token_combo: [N] integer combination index of each token's sample (0 = every modality),
-            expanded sample-major by the caller (``combo.repeat_interleave(P)``).
+        gate_output: routing state of ``groups · n`` tokens over E experts, group-major (the
+            tokens of group g are rows g·n … (g+1)·n − 1), as if each group were its own call.
+        token_combo: [n] integer combination index of each token's sample (0 = every modality),
+            expanded sample-major by the caller (``combo.repeat_interleave(P)``); the same
+            samples make up every group.
         specialize: False is the "w/o ES" ablation: no cross-entropy, one balance loss over all
             tokens and all experts, whatever the batch composition.
         generalize: accepted for symmetry with the model's switches; "w/o EG" only changes the
@@ -47,32 +50,42 @@ def flexmoe_router_loss(
             importance and load are Σ over non-full tokens of the token's row with the target
             column zeroed, and cv² runs over all E experts (expert 0 included). Full tokens and
             the cross-entropy are unchanged.
+        groups: how many gate calls ``gate_output`` stacks; every term is computed per group
+            in one vectorised pass and the groups' losses are added.
 
     Raises:
-        ValueError: ``token_combo`` is not an integer vector of length N, or an index lies outside
+        ValueError: ``token_combo`` is not an integer vector of length n, or an index lies outside
             [0, E) (E must exceed the largest combination index; −1 marks a sample without any
             modality of the run, which has no target expert).
     """
-    n, e = gate_output.clean.shape
-    if token_combo.shape != (n,) or token_combo.is_floating_point():
+    rows, e = gate_output.clean.shape
+    n = rows // groups
+    if token_combo.shape != (n,) or token_combo.is_floating_point() or n * groups != rows:
         raise ValueError(
-            f"token_combo must be an integer tensor of shape ({n},), got "
-            f"{token_combo.dtype} {tuple(token_combo.shape)}"
+            f"token_combo must be an integer tensor of shape ({n},) for {groups} group(s) of "
+            f"{rows} tokens, got {token_combo.dtype} {tuple(token_combo.shape)}"
         )
     if n and (int(token_combo.min()) < 0 or int(token_combo.max()) >= e):
         raise ValueError(
             f"combination indices must lie in [0, {e}) (num_experts={e} must exceed the largest "
             f"combination index), got min {int(token_combo.min())}, max {int(token_combo.max())}"
         )
+    importance = gate_output.importance.view(groups, n, e)
+    load = gate_output.load.view(groups, n, e)
+
+    def balance(imp: Tensor, ld: Tensor) -> Tensor:
+        return (cv_squared(imp.sum(1)) + cv_squared(ld.sum(1))).sum()
+
     partial = token_combo != 0
     if not specialize or not bool(partial.any()):
-        return balance_loss(gate_output)
+        return balance(importance, load)
     target = token_combo[partial]
-    loss = F.cross_entropy(gate_output.noisy[partial], target)
-    loss = loss + balance_loss(gate_output, mask=~partial)
+    noisy = gate_output.noisy.view(groups, n, e)[:, partial]
+    # each group's mean over its (equally many) partial tokens, summed over groups
+    loss = groups * F.cross_entropy(noisy.reshape(-1, e), target.repeat(groups))
+    loss = loss + balance(importance[:, ~partial], load[:, ~partial])
+    imp_p, load_p = importance[:, partial], load[:, partial]
     if not exclude_top1:
-        return loss + balance_loss(gate_output, mask=partial, experts=slice(1, None))
-    keep = torch.ones_like(gate_output.clean[partial]).scatter(1, target.unsqueeze(1), 0.0)
-    importance = (gate_output.importance[partial] * keep).sum(0)
-    load = (gate_output.load[partial] * keep).sum(0)
-    return loss + cv_squared(importance) + cv_squared(load)
+        return loss + balance(imp_p[..., 1:], load_p[..., 1:])
+    keep = torch.ones_like(imp_p[0]).scatter(1, target.unsqueeze(1), 0.0)
+    return loss + balance(imp_p * keep, load_p * keep)

@@ -131,3 +131,20 @@ def test_two_layers_alternate_sparse_and_dense():
     assert count_params(model) - count_params(model.tokenizer) == 1_266_819 + 122_880
     assert [type(layer).__name__ for layer in model.layers] == ["SparseFusionLayer",
                                                                "TransformerBlock"]
+
+
+@pytest.mark.parametrize("switches", [{}, {"specialize": False}, {"exclude_top1": True}])
+def test_router_loss_of_stacked_chunks_equals_the_sum_of_per_chunk_calls(switches):
+    from flexmoe.moe import GateOutput, SparseMoE
+    from flexmoe.router import flexmoe_router_loss
+
+    torch.manual_seed(0)
+    moe = SparseMoE(32, num_experts=16, top_k=4)
+    combo = torch.tensor([0, 3, 0, 14, 5]).repeat_interleave(4)  # 5 samples × 4 patches
+    _, gate = moe(torch.randn(3 * combo.numel(), 32))  # 3 modality chunks
+    n = combo.numel()
+    per_chunk = sum(
+        flexmoe_router_loss(GateOutput(*(t[j * n:(j + 1) * n] if t is not None else None
+                                         for t in gate)), combo, **switches)
+        for j in range(3))
+    torch.testing.assert_close(flexmoe_router_loss(gate, combo, groups=3, **switches), per_chunk)

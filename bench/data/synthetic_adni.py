@@ -27,6 +27,9 @@ import numpy as np
 
 from bench.data.arrays import Modality, RawArrays
 
+Arr = np.ndarray
+Rng = np.random.Generator
+
 MODALITIES: tuple[Modality, ...] = (
     Modality("image", "I", (256,), "vector"),
     Modality("genetic", "G", (500,), "vector"),
@@ -49,10 +52,10 @@ CLASS_MIX: dict[str, tuple[float, ...]] = {
     "CB": (0.43, 0.43, 0.14),
 }
 
-SEVERITY_GAIN = {"I": 0.75, "G": 0.75, "C": 0.75, "B": 0.75}  # per-modality class separation
+SEVERITY_GAIN = {"I": 0.85, "G": 0.85, "C": 0.85, "B": 0.85}  # per-modality class separation
 SHARED_NOISE = 0.1  # fraction of severity noise common to all modalities
 N_PAIR = 3  # latent factors per interacting modality pair
-PAIR_NOISE = 1.0  # noise on each recorded side of an interaction factor
+PAIR_NOISE = 1.3  # noise on each recorded side of an interaction factor
 
 
 def scaled_counts(counts: dict[str, int], scale: float) -> dict[str, int]:
@@ -91,16 +94,16 @@ def make_ids(prefix: str, n: int) -> np.ndarray:
 
 
 def zscore(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Standardise columns with statistics of the observed ``rows`` (as a preprocessing step would)."""
+    """Standardise columns with the statistics of the observed ``rows``, as preprocessing would."""
     ref = x[rows] if rows.any() else x
     sd = ref.std(axis=0)
     return (x - ref.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
-def severity(labels: np.ndarray, rng: np.random.Generator,
+def severity(labels: np.ndarray, n_classes: int, rng: np.random.Generator,
              gains: dict[str, float], shared: float) -> dict[str, np.ndarray]:
     """Per-modality noisy copies of a class-ordered latent; noise is partly shared."""
-    centred = labels - (labels.max(initial=0) / 2.0)
+    centred = labels - (n_classes - 1) / 2.0
     common = rng.standard_normal(labels.shape[0])
     return {k: g * centred + np.sqrt(shared) * common
             + np.sqrt(1 - shared) * rng.standard_normal(labels.shape[0])
@@ -113,8 +116,8 @@ def _loaded(rng: np.random.Generator, latent: np.ndarray, n_cols: int,
     return latent[:, None] * rng.uniform(low, high, n_cols)[None, :]
 
 
-def _image(rng, sev, age, head, u) -> np.ndarray:
-    """Log region volumes: head size and age everywhere, severity in medial-temporal-like regions."""
+def _image(rng: Rng, sev: Arr, age: Arr, head: Arr, u: Arr) -> Arr:
+    """Log region volumes: head size and age act on all, severity on medial-temporal-like ones."""
     n, f = sev.shape[0], MODALITIES[0].num_features
     x = rng.normal(7.5, 1.0, f)[None, :] + 0.5 * rng.standard_normal((n, f))
     x += _loaded(rng, head, f, 0.2, 0.5) - _loaded(rng, age, f, 0.0, 0.25)
@@ -123,7 +126,7 @@ def _image(rng, sev, age, head, u) -> np.ndarray:
     return x
 
 
-def _genetic(rng, sev, ancestry, u, t) -> np.ndarray:
+def _genetic(rng: Rng, sev: Arr, ancestry: Arr, u: Arr, t: Arr) -> Arr:
     """SNP dosages 0/1/2 rescaled to -1/0/1; risk SNPs follow severity, some pair with I."""
     n, f = sev.shape[0], MODALITIES[1].num_features
     maf = rng.uniform(0.05, 0.5, f)
@@ -135,11 +138,12 @@ def _genetic(rng, sev, ancestry, u, t) -> np.ndarray:
     return dose - 1.0
 
 
-def _one_hot(codes: np.ndarray, k: int) -> np.ndarray:
+def _one_hot(codes: Arr, k: int) -> Arr:
+    """One-hot block with ``k`` columns."""
     return np.eye(k)[np.clip(codes, 0, k - 1)]
 
 
-def _clinical(rng, sev, age, ancestry, u) -> tuple[np.ndarray, np.ndarray]:
+def _clinical(rng: Rng, sev: Arr, age: Arr, ancestry: Arr, u: Arr) -> tuple[Arr, Arr]:
     """19 one-hot columns (sex, education, marital, race, ethnicity, handedness), 21 numeric."""
     n = sev.shape[0]
     edu = rng.normal(0, 1, n)
@@ -161,7 +165,7 @@ def _clinical(rng, sev, age, ancestry, u) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(blocks, axis=1), num
 
 
-def _biospecimen(rng, sev, age, u, t) -> np.ndarray:
+def _biospecimen(rng: Rng, sev: Arr, age: Arr, u: Arr, t: Arr) -> Arr:
     """CSF Abeta/tau/p-tau follow severity, APOE4 count, 4 pair markers, 4 nuisance markers."""
     n = sev.shape[0]
     x = 0.8 * rng.standard_normal((n, 12))
@@ -170,8 +174,7 @@ def _biospecimen(rng, sev, age, u, t) -> np.ndarray:
     p4 = 1.0 / (1.0 + np.exp(-(np.log(0.2 / 0.8) + 0.4 * sev)))
     x[:, 4:4 + N_PAIR] = u * t[:, None] + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
     x[:, 8:12] += _loaded(rng, age, 4, 0.2, 0.6)
-    x = zscore(x, np.ones(n, dtype=bool))
-    x[:, 3] = rng.binomial(2, p4)  # APOE4 allele count stays 0/1/2
+    x[:, 3] = rng.binomial(2, p4)  # APOE4 allele count (0/1/2), left unscaled
     return x
 
 
@@ -181,7 +184,7 @@ def generate(seed: int = 0, scale: float = 1.0) -> RawArrays:
     letters = "".join(m.letter for m in MODALITIES)
     observed, labels = layout(scaled_counts(COMBINATION_COUNTS, scale), CLASS_MIX, letters, rng)
     n = labels.shape[0]
-    sev = severity(labels, rng, SEVERITY_GAIN, SHARED_NOISE)
+    sev = severity(labels, len(CLASS_NAMES), rng, SEVERITY_GAIN, SHARED_NOISE)
     age = 0.25 * (labels - 1.0) + rng.standard_normal(n)
     head, ancestry = rng.standard_normal(n), rng.standard_normal(n)
     u_ig, u_cb = rng.standard_normal((n, N_PAIR)), rng.standard_normal((n, N_PAIR))
@@ -194,14 +197,13 @@ def generate(seed: int = 0, scale: float = 1.0) -> RawArrays:
         "C": np.concatenate([onehot, numeric], axis=1),
         "B": _biospecimen(rng, sev["B"], age, u_cb, t_cb),
     }
+    scaled = {"I": slice(None), "C": slice(19, None), "B": np.r_[0:3, 4:12]}
     features: dict[str, np.ndarray] = {}
     for j, m in enumerate(MODALITIES):
-        x = raw[m.letter]
-        if m.letter in ("I", "B"):
-            x = zscore(x, observed[:, j]) if m.letter == "I" else x
-        elif m.letter == "C":
-            x[:, 19:] = zscore(x[:, 19:], observed[:, j])
-        x = np.where(observed[:, j][:, None], x, 0.0).astype(np.float32)
+        x, rows = raw[m.letter], observed[:, j]
+        if m.letter in scaled:
+            x[:, scaled[m.letter]] = zscore(x[:, scaled[m.letter]], rows)
+        x = np.where(rows[:, None], x, 0.0).astype(np.float32)
         features[m.letter] = np.ascontiguousarray(x.reshape((n, *m.shape)))
     return RawArrays(
         modalities=MODALITIES,

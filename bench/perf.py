@@ -1,0 +1,120 @@
+"""Training-speed benchmark: ``run_bench.py perf``.
+
+Trains a model for a fixed number of steps on one combination (default: Flex-MoE on
+synthetic-adni IGCB at the paper's hyper-parameters) and reports samples/s, ms per step,
+time per epoch, the training FLOPs of one step (forward + backward, counted by
+``FlopCounterMode`` along the real routing) and the achieved fraction of this machine's
+dense-matmul FLOP rate, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import bench.complexity  # noqa: F401  (registers the grouped-matmul FLOP formula)
+from bench import registry
+from bench.complexity import count_params
+from bench.runner import load_data, resolve_device
+from bench.train import class_weight, make_adam, seed_everything, train_step
+
+
+@dataclass
+class PerfResult:
+    model: str
+    combo: str
+    device: str
+    threads: int
+    batch_size: int
+    params: int
+    steps: int
+    ms_per_step_median: float
+    ms_per_step_mean: float
+    samples_per_s: float
+    steps_per_epoch: int
+    s_per_epoch: float
+    train_gflop_per_step: float
+    achieved_gflops: float
+    matmul_gflops: float
+    fraction_of_matmul_peak: float
+
+
+def matmul_rate(device: torch.device, size: int = 1024, reps: int = 20) -> float:
+    """Dense float32 matmul GFLOP/s on ``device`` (best of ``reps`` after a warm-up)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for i in range(reps + 3):
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best / 1e9
+
+
+def train_flops(model, batch, weight) -> int:
+    """FLOPs of forward + backward of one training step (optimizer update excluded)."""
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        logits, aux = model(batch)
+        (F.cross_entropy(logits, batch.y, weight=weight) + aux).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", combo: str = "IGCB",
+              steps: int = 200, warmup: int = 20, device: str = "auto",
+              overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
+              seed: int = 0) -> PerfResult:
+    """Time ``steps`` training steps after ``warmup`` untimed ones."""
+    dev = resolve_device(device)
+    data = load_data(dataset, data_options).restrict(combo).to(dev)
+    hp = registry.resolve_hparams(model_name, data.spec, overrides, "paper")
+    seed_everything(seed)
+    model = registry.create_model(model_name, data.spec, **(overrides or {})).to(dev)
+    batch_size = hp["batch_size"]
+    optimizer = make_adam(model, hp["lr"], hp.get("weight_decay", 0.0))
+    weight = class_weight(data)
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            yield from data.batches("train", batch_size, "shuffle", generator)
+
+    stream = batches()
+    times = []
+    for i in range(warmup + steps):
+        batch = next(stream)
+        t0 = time.perf_counter()
+        train_step(model, batch, optimizer, weight)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    flops = train_flops(model, next(stream), weight)
+    peak = matmul_rate(dev)
+    mean = statistics.fmean(times)
+    steps_per_epoch = -(-int(data.splits["train"].numel()) // batch_size)
+    achieved = flops / mean / 1e9
+    return PerfResult(
+        model=model_name, combo=combo, device=str(dev), threads=torch.get_num_threads(),
+        batch_size=batch_size, params=count_params(model), steps=steps,
+        ms_per_step_median=statistics.median(times) * 1e3, ms_per_step_mean=mean * 1e3,
+        samples_per_s=batch_size / mean, steps_per_epoch=steps_per_epoch,
+        s_per_epoch=steps_per_epoch * mean, train_gflop_per_step=flops / 1e9,
+        achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak)
+
+
+def report(result: PerfResult) -> str:
+    """A few aligned lines for the terminal."""
+    r = asdict(result)
+    return "\n".join(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}"
+                     for k, v in r.items())

@@ -1,0 +1,195 @@
+"""Behaviour of the synthetic-adni and synthetic-mimic generators.
+
+The expected ADNI numbers are written out here rather than read from the module, so a
+change to the generator's tables fails loudly instead of passing by construction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from bench.data import synthetic_adni, synthetic_mimic
+from bench.data.arrays import RawArrays
+
+ADNI_COUNTS = {"IGCB": 1474, "C": 479, "IC": 157, "ICB": 127, "GCB": 122, "CB": 21}
+ADNI_MARGINALS = {"I": 1758, "G": 1596, "C": 2380, "B": 1744}
+GENERATORS = {"adni": synthetic_adni, "mimic": synthetic_mimic}
+
+
+def combo_counts(raw: RawArrays) -> dict[str, int]:
+    """Observed-combination letter strings (canonical order) and how often each occurs."""
+    letters = np.array([m.letter for m in raw.modalities])
+    return dict(Counter("".join(letters[row]) for row in raw.observed))
+
+
+@pytest.fixture(scope="module")
+def adni() -> RawArrays:
+    return synthetic_adni.generate(seed=0)
+
+
+@pytest.fixture(scope="module")
+def mimic() -> RawArrays:
+    return synthetic_mimic.generate(seed=0)
+
+
+@pytest.fixture(params=sorted(GENERATORS))
+def any_data(request: pytest.FixtureRequest, adni: RawArrays, mimic: RawArrays) -> RawArrays:
+    return {"adni": adni, "mimic": mimic}[request.param]
+
+
+def test_adni_combination_counts_and_marginals_are_exact(adni: RawArrays) -> None:
+    assert combo_counts(adni) == ADNI_COUNTS
+    assert len(adni.labels) == 2380
+    letters = [m.letter for m in adni.modalities]
+    assert dict(zip(letters, adni.observed.sum(axis=0).tolist())) == ADNI_MARGINALS
+
+
+def test_adni_scale_multiplies_every_combination() -> None:
+    assert combo_counts(synthetic_adni.generate(seed=1, scale=2.0)) == {
+        k: 2 * v for k, v in ADNI_COUNTS.items()}
+    half = combo_counts(synthetic_adni.generate(seed=1, scale=0.5))
+    assert half == {"IGCB": 737, "C": 240, "IC": 79, "ICB": 64, "GCB": 61, "CB": 11}
+    assert combo_counts(synthetic_adni.generate(seed=1, scale=0.001)) == dict.fromkeys(
+        ADNI_COUNTS, 1)
+    with pytest.raises(ValueError):
+        synthetic_adni.generate(scale=0.0)
+
+
+def test_modalities_in_canonical_order() -> None:
+    assert [(m.name, m.letter, m.shape) for m in synthetic_adni.MODALITIES] == [
+        ("image", "I", (256,)), ("genetic", "G", (500,)),
+        ("clinical", "C", (40,)), ("biospecimen", "B", (12,))]
+    assert [(m.name, m.letter, m.shape) for m in synthetic_mimic.MODALITIES] == [
+        ("labs_vitals", "L", (60,)), ("notes", "N", (768,)), ("codes", "C", (300,))]
+    assert synthetic_adni.CLASS_NAMES == ("CN", "MCI", "Dementia")
+    assert synthetic_mimic.CLASS_NAMES == ("survived", "deceased")
+
+
+def test_shapes_dtypes_and_ids(any_data: RawArrays) -> None:
+    n, n_mod = len(any_data.labels), len(any_data.modalities)
+    assert any_data.observed.shape == (n, n_mod) and any_data.observed.dtype == np.bool_
+    assert any_data.labels.dtype == np.int64
+    assert set(np.unique(any_data.labels)) == set(range(len(any_data.class_names)))
+    assert set(any_data.features) == {m.letter for m in any_data.modalities}
+    for m in any_data.modalities:
+        x = any_data.features[m.letter]
+        assert x.shape == (n, *m.shape) and x.dtype == np.float32
+    assert len(set(any_data.ids.tolist())) == n
+    assert any_data.observed.any(axis=1).all()
+
+
+def test_missing_slots_are_zero_and_values_finite(any_data: RawArrays) -> None:
+    for j, m in enumerate(any_data.modalities):
+        x = any_data.features[m.letter].reshape(len(any_data.labels), -1)
+        assert np.isfinite(x).all()
+        assert not x[~any_data.observed[:, j]].any()
+        present = x[any_data.observed[:, j]]
+        assert (present != 0).any(axis=1).mean() > 0.99  # observed rows carry values
+
+
+def test_same_seed_is_bitwise_identical_and_seeds_differ() -> None:
+    for gen in GENERATORS.values():
+        a, b, c = gen.generate(seed=7), gen.generate(seed=7), gen.generate(seed=8)
+        assert a.observed.tobytes() == b.observed.tobytes()
+        assert a.labels.tobytes() == b.labels.tobytes()
+        assert a.ids.tolist() == b.ids.tolist()
+        for k in a.features:
+            assert a.features[k].tobytes() == b.features[k].tobytes()
+            assert not np.array_equal(a.features[k], c.features[k])
+        assert not np.array_equal(a.observed, c.observed)
+
+
+def test_adni_ids_labels_and_informative_missingness(adni: RawArrays) -> None:
+    assert adni.ids[0] == "ADNI-S00001" and adni.class_weights is None
+    share = np.bincount(adni.labels, minlength=3) / len(adni.labels)
+    assert 0.30 < share[0] < 0.45 and 0.38 < share[1] < 0.50 and 0.12 < share[2] < 0.28
+    c_only = ~adni.observed[:, [0, 1, 3]].any(axis=1)
+    full = adni.observed.all(axis=1)
+    assert np.mean(adni.labels[c_only] == 0) > np.mean(adni.labels[full] == 0) + 0.15
+
+
+def test_adni_value_domains(adni: RawArrays) -> None:
+    g = adni.features["G"][adni.observed[:, 1]]
+    assert set(np.unique(g).tolist()) == {-1.0, 0.0, 1.0}
+    onehot = adni.features["C"][:, :19]  # C is never missing
+    assert set(np.unique(onehot).tolist()) == {0.0, 1.0}
+    assert (onehot.sum(axis=1) == 6).all()  # one level per categorical block
+
+
+def test_mimic_label_rate_missingness_and_layout(mimic: RawArrays) -> None:
+    assert mimic.class_weights == (0.25, 0.75)
+    assert mimic.ids[0] == "MIMIC-S00001"
+    assert 0.2 <= mimic.labels.mean() <= 0.3
+    counts = combo_counts(mimic)
+    assert set(counts) == {"LNC", "LN", "LC", "NC", "L", "N", "C"}
+    assert counts["LNC"] / len(mimic.labels) >= 0.5
+    marg = mimic.observed.mean(axis=0)
+    assert marg[0] > 0.85 and marg[0] > marg[1] and marg[0] > marg[2]
+    labs_only = mimic.observed[:, 0] & ~mimic.observed[:, 1:].any(axis=1)
+    full = mimic.observed.all(axis=1)
+    assert mimic.labels[full].mean() > mimic.labels[labs_only].mean() + 0.05
+    doubled = combo_counts(synthetic_mimic.generate(seed=0, scale=2.0))
+    assert doubled == {k: 2 * v for k, v in counts.items()}
+
+
+def test_mimic_value_domains(mimic: RawArrays) -> None:
+    notes = mimic.features["N"][mimic.observed[:, 1]]
+    np.testing.assert_allclose(np.linalg.norm(notes, axis=1), 1.0, atol=1e-4)
+    codes = mimic.features["C"][mimic.observed[:, 2]]
+    assert set(np.unique(codes).tolist()) == {0.0, 1.0}
+    assert 0.01 < codes.mean() < 0.1  # sparse multi-hot
+
+
+def test_adni_interaction_is_invisible_to_either_side_alone(adni: RawArrays) -> None:
+    """I cols 16-18 and G cols 40-42 (see the data card) agree in sign for Dementia only."""
+    full = adni.observed.all(axis=1)
+    img, gen = adni.features["I"][full, 16:19], adni.features["G"][full, 40:43]
+    dementia = (adni.labels[full] == 2).astype(float)
+    agreement = (img * gen).sum(axis=1)
+    assert np.corrcoef(agreement, dementia)[0, 1] > 0.2
+    for side in (img, gen):
+        for k in range(3):
+            for cls in range(3):
+                target = (adni.labels[full] == cls).astype(float)
+                assert abs(np.corrcoef(side[:, k], target)[0, 1]) < 0.1
+
+
+def _split(raw: RawArrays, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """70/30 split of the fully observed samples."""
+    full = np.random.default_rng(seed).permutation(np.flatnonzero(raw.observed.all(axis=1)))
+    cut = int(0.3 * len(full))
+    return full[cut:], full[:cut]
+
+
+def _logreg() -> object:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.003, max_iter=500))
+
+
+def test_adni_single_modality_is_clearly_weaker_than_all_four(adni: RawArrays) -> None:
+    train, test = _split(adni, seed=0)
+    y = adni.labels
+
+    def accuracy(x: np.ndarray) -> float:
+        return float(_logreg().fit(x[train], y[train]).score(x[test], y[test]))
+
+    singles = {k: accuracy(adni.features[k]) for k in ("C", "B")}
+    together = accuracy(np.concatenate([adni.features[k] for k in "IGCB"], axis=1))
+    assert all(0.36 < s for s in singles.values())
+    assert together > max(singles.values()) + 0.04
+    assert together < 0.75  # hard enough that models can be told apart
+
+
+def test_mimic_lnc_is_hard_but_learnable(mimic: RawArrays) -> None:
+    train, test = _split(mimic, seed=0)
+    y = mimic.labels
+    x = np.concatenate([mimic.features[k] for k in "LNC"], axis=1)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=3e-4, max_iter=500))
+    auc = roc_auc_score(y[test], model.fit(x[train], y[train]).predict_proba(x[test])[:, 1])
+    assert 0.58 < auc < 0.8
