@@ -148,3 +148,22 @@ def test_router_loss_of_stacked_chunks_equals_the_sum_of_per_chunk_calls(switche
                                          for t in gate)), combo, **switches)
         for j in range(3))
     torch.testing.assert_close(flexmoe_router_loss(gate, combo, groups=3, **switches), per_chunk)
+
+
+def test_analysis_hooks_return_tidy_frames(adni):
+    from flexmoe.analysis import bank_similarity, expert_activation
+
+    data = adni.restrict("IGCB")
+    torch.manual_seed(0)
+    model = create_model("flexmoe", data.spec)
+    sim = bank_similarity(model, data)
+    present = data.combo_counts("train")
+    assert set(sim["combo"]) == set(present) - {"IGCB"}
+    for _, row in sim.iterrows():
+        assert row["modality"] not in row["combo"] and -1 <= row["cosine"] <= 1
+    assert len(sim) == sum(4 - len(c) for c in present if c != "IGCB")
+    act = expert_activation(model, data)
+    tokens_routed = 4 * 16 * 4 * int(data.splits["train"].numel())  # k × P × M × samples
+    assert act["tokens"].sum() == tokens_routed
+    for _, group in act.groupby("expert"):
+        assert abs(group["share"].sum() - 1) < 1e-6
