@@ -19,6 +19,9 @@ Mechanism (the data card, ``datasets/synthetic-adni/README.md``, has the numbers
   (``t`` is Dementia-vs-rest for I x G and MCI-vs-rest for C x B).
 * Nuisance structure makes it look like data: age and head size shared across
   modalities, ancestry shared by the SNPs and the race one-hot, column noise.
+
+Column loadings are drawn from the seed as well, so each seed is a fresh cohort from
+the same family; the column layout (which block holds what) is fixed and documented.
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ def _clinical(rng: Rng, sev: Arr, age: Arr, ancestry: Arr, u: Arr) -> tuple[Arr,
 
 
 def _biospecimen(rng: Rng, sev: Arr, age: Arr, u: Arr, t: Arr) -> Arr:
-    """CSF Abeta/tau/p-tau follow severity, APOE4 count, 4 pair markers, 4 nuisance markers."""
+    """CSF Abeta/tau/p-tau follow severity; APOE4 count; pair markers; age-linked markers."""
     n = sev.shape[0]
     x = 0.8 * rng.standard_normal((n, 12))
     x[:, 0] -= 0.6 * sev
