@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.data.arrays import Modality, RawArrays
+from bench.data.synthetic import layout, loaded, pack, scaled_counts, severity
 
 Arr = np.ndarray
 Rng = np.random.Generator
@@ -61,70 +62,12 @@ N_PAIR = 3  # latent factors per interacting modality pair
 PAIR_NOISE = 1.3  # noise on each recorded side of an interaction factor
 
 
-def scaled_counts(counts: dict[str, int], scale: float) -> dict[str, int]:
-    """Multiply each count by ``scale``, round half up, keep at least one per combination."""
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    return {k: max(1, int(np.floor(v * scale + 0.5))) for k, v in counts.items()}
-
-
-def allocate(n: int, probs: tuple[float, ...]) -> np.ndarray:
-    """Split ``n`` into integer class counts that follow ``probs`` (largest remainder)."""
-    p = np.asarray(probs, dtype=float) / float(np.sum(probs))
-    raw = n * p
-    out = np.floor(raw).astype(np.int64)
-    order = np.argsort(-(raw - out), kind="stable")
-    out[order[: n - int(out.sum())]] += 1
-    return out
-
-
-def layout(counts: dict[str, int], mix: dict[str, tuple[float, ...]], letters: str,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Observed mask and labels with exact per-combination counts, rows shuffled by ``rng``."""
-    masks, labels = [], []
-    for combo, n in counts.items():
-        per_class = allocate(n, mix[combo])
-        labels.append(np.repeat(np.arange(len(per_class)), per_class))
-        masks.append(np.tile([c in combo for c in letters], (n, 1)))
-    order = rng.permutation(sum(counts.values()))
-    return np.concatenate(masks)[order], np.concatenate(labels).astype(np.int64)[order]
-
-
-def make_ids(prefix: str, n: int) -> np.ndarray:
-    """Zero-padded sample identifiers such as ``ADNI-S00001``."""
-    width = max(5, len(str(n)))
-    return np.array([f"{prefix}{i + 1:0{width}d}" for i in range(n)])
-
-
-def zscore(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Standardise columns with the statistics of the observed ``rows``, as preprocessing would."""
-    ref = x[rows] if rows.any() else x
-    sd = ref.std(axis=0)
-    return (x - ref.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-
-
-def severity(labels: np.ndarray, n_classes: int, rng: np.random.Generator,
-             gains: dict[str, float], shared: float) -> dict[str, np.ndarray]:
-    """Per-modality noisy copies of a class-ordered latent; noise is partly shared."""
-    centred = labels - (n_classes - 1) / 2.0
-    common = rng.standard_normal(labels.shape[0])
-    return {k: g * centred + np.sqrt(shared) * common
-            + np.sqrt(1 - shared) * rng.standard_normal(labels.shape[0])
-            for k, g in gains.items()}
-
-
-def _loaded(rng: np.random.Generator, latent: np.ndarray, n_cols: int,
-            low: float, high: float) -> np.ndarray:
-    """``latent`` spread over ``n_cols`` columns with random loadings in ``[low, high]``."""
-    return latent[:, None] * rng.uniform(low, high, n_cols)[None, :]
-
-
 def _image(rng: Rng, sev: Arr, age: Arr, head: Arr, u: Arr) -> Arr:
     """Log region volumes: head size and age act on all, severity on medial-temporal-like ones."""
     n, f = sev.shape[0], MODALITIES[0].num_features
     x = rng.normal(7.5, 1.0, f)[None, :] + 0.5 * rng.standard_normal((n, f))
-    x += _loaded(rng, head, f, 0.2, 0.5) - _loaded(rng, age, f, 0.0, 0.25)
-    x[:, :16] -= _loaded(rng, sev, 16, 0.4, 0.7)  # atrophy with severity
+    x += loaded(rng, head, f, 0.2, 0.5) - loaded(rng, age, f, 0.0, 0.25)
+    x[:, :16] -= loaded(rng, sev, 16, 0.4, 0.7)  # atrophy with severity
     x[:, 16:16 + N_PAIR] = u + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
     return x
 
@@ -133,8 +76,8 @@ def _genetic(rng: Rng, sev: Arr, ancestry: Arr, u: Arr, t: Arr) -> Arr:
     """SNP dosages 0/1/2 rescaled to -1/0/1; risk SNPs follow severity, some pair with I."""
     n, f = sev.shape[0], MODALITIES[1].num_features
     maf = rng.uniform(0.05, 0.5, f)
-    logit = np.log(maf / (1 - maf))[None, :] + _loaded(rng, ancestry, f, -0.3, 0.3)
-    logit[:, :40] += _loaded(rng, sev, 40, 0.3, 0.6)  # polygenic risk
+    logit = np.log(maf / (1 - maf))[None, :] + loaded(rng, ancestry, f, -0.3, 0.3)
+    logit[:, :40] += loaded(rng, sev, 40, 0.3, 0.6)  # polygenic risk
     dose = rng.binomial(2, 1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
     hidden = u * t[:, None] + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
     dose[:, 40:40 + N_PAIR] = np.digitize(hidden, [-0.55, 0.55])
@@ -162,8 +105,8 @@ def _clinical(rng: Rng, sev: Arr, age: Arr, ancestry: Arr, u: Arr) -> tuple[Arr,
     num = 0.8 * rng.standard_normal((n, 21))
     num[:, 0] = age
     num[:, 1] = edu + 0.2 * rng.standard_normal(n)
-    num[:, 2:8] += _loaded(rng, 0.7 * age, 6, -0.5, 0.5)  # vitals / body measures
-    num[:, 8:14] += _loaded(rng, sev, 6, 0.5, 0.8)  # history / neuro-exam scores
+    num[:, 2:8] += loaded(rng, 0.7 * age, 6, -0.5, 0.5)  # vitals / body measures
+    num[:, 8:14] += loaded(rng, sev, 6, 0.5, 0.8)  # history / neuro-exam scores
     num[:, 14:14 + N_PAIR] = u + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
     return np.concatenate(blocks, axis=1), num
 
@@ -173,10 +116,10 @@ def _biospecimen(rng: Rng, sev: Arr, age: Arr, u: Arr, t: Arr) -> Arr:
     n = sev.shape[0]
     x = 0.8 * rng.standard_normal((n, 12))
     x[:, 0] -= 0.6 * sev
-    x[:, 1:3] += _loaded(rng, sev, 2, 0.45, 0.6) + 0.4 * rng.standard_normal(n)[:, None]
+    x[:, 1:3] += loaded(rng, sev, 2, 0.45, 0.6) + 0.4 * rng.standard_normal(n)[:, None]
     p4 = 1.0 / (1.0 + np.exp(-(np.log(0.2 / 0.8) + 0.4 * sev)))
     x[:, 4:4 + N_PAIR] = u * t[:, None] + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
-    x[:, 8:12] += _loaded(rng, age, 4, 0.2, 0.6)
+    x[:, 8:12] += loaded(rng, age, 4, 0.2, 0.6)
     x[:, 3] = rng.binomial(2, p4)  # APOE4 allele count (0/1/2), left unscaled
     return x
 
@@ -201,18 +144,4 @@ def generate(seed: int = 0, scale: float = 1.0) -> RawArrays:
         "B": _biospecimen(rng, sev["B"], age, u_cb, t_cb),
     }
     scaled = {"I": slice(None), "C": slice(19, None), "B": np.r_[0:3, 4:12]}
-    features: dict[str, np.ndarray] = {}
-    for j, m in enumerate(MODALITIES):
-        x, rows = raw[m.letter], observed[:, j]
-        if m.letter in scaled:
-            x[:, scaled[m.letter]] = zscore(x[:, scaled[m.letter]], rows)
-        x = np.where(rows[:, None], x, 0.0).astype(np.float32)
-        features[m.letter] = np.ascontiguousarray(x.reshape((n, *m.shape)))
-    return RawArrays(
-        modalities=MODALITIES,
-        features=features,
-        observed=observed.astype(bool),
-        labels=labels,
-        ids=make_ids("ADNI-S", n),
-        class_names=CLASS_NAMES,
-    )
+    return pack(raw, observed, labels, MODALITIES, scaled, "ADNI-S", CLASS_NAMES)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.data.arrays import Modality, RawArrays
-from bench.data.synthetic_adni import layout, make_ids, scaled_counts, severity, zscore
+from bench.data.synthetic import layout, loaded, pack, scaled_counts, severity
 
 Arr = np.ndarray
 Rng = np.random.Generator
@@ -56,20 +56,15 @@ NOTE_SIGNAL = 0.1  # length of the signal lines in an embedding before normalisa
 N_ORGANS = 4  # renal, hepatic, haematological, inflammatory
 
 
-def _loaded(rng: Rng, latent: Arr, n_cols: int, low: float, high: float) -> Arr:
-    """``latent`` spread over ``n_cols`` columns with random loadings in ``[low, high]``."""
-    return latent[:, None] * rng.uniform(low, high, n_cols)[None, :]
-
-
 def _labs(rng: Rng, acuity: Arr, age: Arr, organs: Arr, u_lc: Arr, u_ln: Arr) -> Arr:
     """8 vitals (symmetric) then 52 labs (log-normal); organ groups, acuity, pair columns."""
     n = acuity.shape[0]
     z = 0.8 * rng.standard_normal((n, 60))
     for k in range(N_ORGANS):  # each organ system drives a block of 13 labs
-        z[:, 8 + 13 * k: 21 + 13 * k] += _loaded(rng, organs[:, k], 13, 0.3, 0.8)
-    z[:, 8:60] += _loaded(rng, age, 52, -0.1, 0.2)
+        z[:, 8 + 13 * k: 21 + 13 * k] += loaded(rng, organs[:, k], 13, 0.3, 0.8)
+    z[:, 8:60] += loaded(rng, age, 52, -0.1, 0.2)
     cols = np.r_[0:2, 8:12, 21:24, 34:37, 47:49]  # acuity shows in vitals and scattered labs
-    z[:, cols] += _loaded(rng, acuity, cols.size, 0.35, 0.6)
+    z[:, cols] += loaded(rng, acuity, cols.size, 0.35, 0.6)
     x = z.copy()
     x[:, 8:] = np.exp(rng.uniform(0.3, 0.7, 52) * z[:, 8:])  # right-skewed lab values
     x[:, 2:2 + N_PAIR] = u_lc + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
@@ -96,11 +91,11 @@ def _codes(rng: Rng, acuity: Arr, burden: Arr, organs: Arr, u: Arr, t: Arr) -> A
     """Multi-hot ICD-9 codes by prevalence rank: Zipf-like base rates, burden, organ links."""
     n, f = acuity.shape[0], MODALITIES[2].num_features
     p = np.clip(0.45 * np.arange(1, f + 1) ** -0.65, 0.002, 0.45)
-    logit = np.log(p / (1 - p))[None, :] + _loaded(rng, burden, f, 0.2, 0.5)
+    logit = np.log(p / (1 - p))[None, :] + loaded(rng, burden, f, 0.2, 0.5)
     for k in range(N_ORGANS):  # ten codes per organ system, spread over the ranks
         cols = np.arange(60 + k, 300, 24)[:10]
-        logit[:, cols] += _loaded(rng, organs[:, k], cols.size, 0.5, 1.0)
-    logit[:, 30:70] += _loaded(rng, acuity, 40, 0.5, 1.0)  # codes that track acuity
+        logit[:, cols] += loaded(rng, organs[:, k], cols.size, 0.5, 1.0)
+    logit[:, 30:70] += loaded(rng, acuity, 40, 0.5, 1.0)  # codes that track acuity
     hidden = u * t[:, None] + PAIR_NOISE * rng.standard_normal((n, N_PAIR))
     logit[:, 20:20 + N_PAIR] = -1.0 + 1.5 * hidden
     return (rng.random((n, f)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
@@ -124,19 +119,5 @@ def generate(seed: int = 0, scale: float = 1.0) -> RawArrays:
         "N": _notes(rng, acu["N"], age, u_ln, t),
         "C": _codes(rng, acu["C"], burden, organs, u_lc, t),
     }
-    features: dict[str, np.ndarray] = {}
-    for j, m in enumerate(MODALITIES):
-        x, rows = raw[m.letter], observed[:, j]
-        if m.letter == "L":
-            x = zscore(x, rows)
-        x = np.where(rows[:, None], x, 0.0).astype(np.float32)
-        features[m.letter] = np.ascontiguousarray(x.reshape((n, *m.shape)))
-    return RawArrays(
-        modalities=MODALITIES,
-        features=features,
-        observed=observed.astype(bool),
-        labels=labels,
-        ids=make_ids("MIMIC-S", n),
-        class_names=CLASS_NAMES,
-        class_weights=CLASS_WEIGHTS,
-    )
+    return pack(raw, observed, labels, MODALITIES, {"L": slice(None)}, "MIMIC-S", CLASS_NAMES,
+                CLASS_WEIGHTS)
