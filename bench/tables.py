@@ -32,16 +32,21 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None,
 
 
 def _column_labels(df: pd.DataFrame) -> pd.Series:
-    """Model name, plus the differing settings when one model ran with several."""
+    """Model name, plus the settings that differ when one model ran with several settings on
+    the same combination (settings a model derives per combination do not split it)."""
     labels = df["model"].copy()
-    for model, group in df.groupby("model"):
-        settings = group["hparams"].map(lambda h: json.dumps(h, sort_keys=True))
-        if settings.nunique() < 2:
-            continue
-        dicts = [json.loads(s) for s in settings.unique()]
-        varying = sorted(k for k in set().union(*dicts) if len({str(d.get(k)) for d in dicts}) > 1)
-        labels[group.index] = [
-            f"{model} ({', '.join(f'{k}={h.get(k)}' for k in varying)})" for h in group["hparams"]]
+    settings = df["hparams"].map(lambda h: json.dumps(h, sort_keys=True))
+    for _, group in df.groupby("model"):
+        varying: set[str] = set()
+        for _, cell in group.groupby("combo"):
+            dicts = [json.loads(s) for s in settings[cell.index].unique()]
+            if len(dicts) > 1:
+                keys = set().union(*dicts)
+                varying |= {k for k in keys if len({str(d.get(k)) for d in dicts}) > 1}
+        if varying:
+            labels[group.index] = [
+                f"{m} ({', '.join(f'{k}={h.get(k)}' for k in sorted(varying))})"
+                for m, h in zip(group["model"], group["hparams"])]
     return labels
 
 

@@ -79,3 +79,4 @@ def test_receipts_left_by_a_dead_coordinator_are_ingested(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results store"):
         load_results(tmp_path / "absent.sqlite")
+
