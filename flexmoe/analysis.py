@@ -4,6 +4,9 @@
   (rows) and every modality it misses (columns), the cosine similarity between the bank's
   learned block for that pair and the real embedding of that modality (the mean encoder
   output over the samples that have it), each mean-pooled over its P tokens first.
+* :func:`specialisation` : the share of tokens of samples missing a modality whose top-1
+  expert is their combination's expert — what the S-Router's cross-entropy pushes for (the
+  released code never forces it).
 * :func:`expert_activation` (Figure 5): for every expert, the share of its routed tokens
   (top-k assignments counted) that come from each observed combination. Validation and
   test samples have every modality under the paper's protocol, so the default split is
@@ -50,30 +53,45 @@ def bank_similarity(model: FlexMoE, data: RunData, split: str = "train") -> pd.D
     return pd.DataFrame(records, columns=["combo", "modality", "samples", "cosine"])
 
 
-@torch.inference_mode()
-def expert_activation(model: FlexMoE, data: RunData, split: str = "train",
-                      layer: int = 0) -> pd.DataFrame:
-    """Columns ``expert, combo, tokens, share``: share of an expert's tokens per combination."""
+def _routes(model: FlexMoE, data: RunData, split: str, layer: int):
+    """Yield (top-k expert index [T, k], combination of each token [T]) per eval batch."""
     sparse = model.layers[layer]
     if not isinstance(sparse, SparseFusionLayer):
         raise ValueError(f"layer {layer} is dense; sparse layers are 0, 2, 4, …")
     model.eval()
     captured = []
     hook = sparse.mlp.register_forward_hook(lambda mod, args, out: captured.append(out[1].index))
-    num_experts = sparse.mlp.gate.w_gate.shape[1]
     m, p = model.spec.num_modalities, model.num_patches
-    counts = torch.zeros(num_experts, len(model.spec.combos), dtype=torch.long)
     try:
         for batch in data.batches(split, 1024):
             captured.clear()
             model(batch)
-            token_combo = batch.combo.repeat_interleave(p).repeat(m)  # modality-major order
-            index = captured[0]
-            pairs = index * len(model.spec.combos) + token_combo.unsqueeze(1)
-            counts += torch.bincount(pairs.flatten().cpu(),
-                                     minlength=counts.numel()).view_as(counts)
+            yield captured[0], batch.combo.repeat_interleave(p).repeat(m)  # modality-major
     finally:
         hook.remove()
+
+
+@torch.inference_mode()
+def specialisation(model: FlexMoE, data: RunData, split: str = "train", layer: int = 0) -> float:
+    """Share of non-full tokens whose top-1 expert is their combination's expert."""
+    hits = total = 0
+    for index, token_combo in _routes(model, data, split, layer):
+        partial = token_combo != 0
+        hits += int((index[partial, 0] == token_combo[partial]).sum())
+        total += int(partial.sum())
+    return hits / total if total else float("nan")
+
+
+@torch.inference_mode()
+def expert_activation(model: FlexMoE, data: RunData, split: str = "train",
+                      layer: int = 0) -> pd.DataFrame:
+    """Columns ``expert, combo, tokens, share``: share of an expert's tokens per combination."""
+    sparse = model.layers[layer]
+    num_experts = sparse.mlp.gate.w_gate.shape[1]
+    counts = torch.zeros(num_experts, len(model.spec.combos), dtype=torch.long)
+    for index, token_combo in _routes(model, data, split, layer):
+        pairs = index * len(model.spec.combos) + token_combo.unsqueeze(1)
+        counts += torch.bincount(pairs.flatten().cpu(), minlength=counts.numel()).view_as(counts)
     total = counts.sum(1, keepdim=True).clamp(min=1)
     records = [{"expert": e, "combo": combo, "tokens": int(counts[e, k]),
                 "share": float(counts[e, k] / total[e, 0])}

@@ -167,3 +167,23 @@ def test_analysis_hooks_return_tidy_frames(adni):
     assert act["tokens"].sum() == tokens_routed
     for _, group in act.groupby("expert"):
         assert abs(group["share"].sum() - 1) < 1e-6
+
+
+def test_top1_of_non_full_tokens_moves_to_the_combination_expert_during_training():
+    from bench.runner import load_data
+    from bench.train import make_adam, seed_everything, train_step
+    from flexmoe.analysis import specialisation
+
+    data = load_data("synthetic-adni", {"scale": 0.3}).restrict("IGCB")
+    seed_everything(0)
+    model = create_model("flexmoe", data.spec)
+    before = specialisation(model, data)
+    optimizer = make_adam(model, 1e-4, 0.0)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for step, batch in enumerate(data.batches("train", 8, "shuffle", generator)):
+        train_step(model, batch, optimizer)
+        if step == 60:
+            break
+    after = specialisation(model, data)
+    assert before < 0.1 < 0.5 < after, (before, after)
