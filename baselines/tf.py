@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import ModalityTokenizer, encode_observed
+from bench.blocks import Dropout, ModalityTokenizer, encode_observed
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -44,7 +44,7 @@ class SubNet(nn.Module):
     def __init__(self, d_in: int, d_out: int, dropout: float, batchnorm: bool) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.BatchNorm1d(d_in) if batchnorm else nn.Identity(), nn.Dropout(dropout),
+            nn.BatchNorm1d(d_in) if batchnorm else nn.Identity(), Dropout(dropout),
             nn.Linear(d_in, d_out), nn.ReLU(), nn.Linear(d_out, d_out), nn.ReLU(),
             nn.Linear(d_out, d_out), nn.ReLU())
 
@@ -68,7 +68,7 @@ class TensorFusion(BenchModel):
         self.subnet_dim = subnet_dim
         fused = (subnet_dim + 1) ** spec.num_modalities
         self.post = nn.Sequential(
-            nn.Dropout(post_fusion_dropout), nn.Linear(fused, post_fusion_dim), nn.ReLU(),
+            Dropout(post_fusion_dropout), nn.Linear(fused, post_fusion_dim), nn.ReLU(),
             nn.Linear(post_fusion_dim, post_fusion_dim), nn.ReLU(),
             nn.Linear(post_fusion_dim, spec.num_classes))
 

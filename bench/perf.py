@@ -79,7 +79,7 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
     data = load_data(dataset, data_options).restrict(combo).to(dev)
     hp = registry.resolve_hparams(model_name, data.spec, overrides, "paper")
     seed_everything(seed)
-    model = registry.create_model(model_name, data.spec, **(overrides or {})).to(dev)
+    model = registry.build_model(model_name, data.spec, hp).to(dev)
     batch_size = hp["batch_size"]
     optimizer = make_adam(model, hp["lr"], hp.get("weight_decay", 0.0))
     weight = class_weight(data)

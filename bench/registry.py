@@ -148,11 +148,20 @@ def constructor_args(cls: type) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def split_hparams(hparams: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training settings, constructor arguments) of a resolved hyper-parameter dict."""
+    train = {k: v for k, v in hparams.items() if k in TRAIN_KEYS}
+    return train, {k: v for k, v in hparams.items() if k not in TRAIN_KEYS}
+
+
+def build_model(name: str, spec: DataSpec, hparams: dict[str, Any]):
+    """Instantiate model ``name`` from an already resolved hyper-parameter dict."""
+    return model_class(name)(spec, **split_hparams(hparams)[1])
+
+
 def create_model(name: str, spec: DataSpec, **overrides: Any):
     """Build model ``name`` for ``spec`` with its per-data-set defaults plus ``overrides``."""
-    cls = model_class(name)
-    hp = resolve_hparams(name, spec, overrides)
-    return cls(spec, **{k: v for k, v in hp.items() if k not in TRAIN_KEYS})
+    return build_model(name, spec, resolve_hparams(name, spec, overrides))
 
 
 def create_dataset(name: str, split_seed: int = 0, **options: Any):

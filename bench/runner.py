@@ -143,9 +143,8 @@ def execute(cell: Cell, device: str | torch.device = "cpu") -> dict[str, Any]:
         data = load_data(cell.dataset, cell.data_options, cell.split_seed).restrict(cell.combo)
         data = data.to(dev)
         seed_everything(cell.seed)
-        train_hp = {k: cell.hparams[k] for k in registry.TRAIN_KEYS if k in cell.hparams}
-        model_hp = {k: v for k, v in cell.hparams.items() if k not in registry.TRAIN_KEYS}
-        model = registry.model_class(cell.model)(data.spec, **model_hp).to(dev)
+        train_hp, _ = registry.split_hparams(cell.hparams)
+        model = registry.build_model(cell.model, data.spec, cell.hparams).to(dev)
         result = fit(model, data, seed=cell.seed, **train_hp)
         probe = data.batch(data.splits["val"][: train_hp.get("batch_size", 8)])
         flops = forward_flops(model, probe)
