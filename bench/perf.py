@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import bench.complexity  # noqa: F401  (registers the grouped-matmul FLOP formula)
 from bench import registry
-from bench.complexity import count_params
+from bench.complexity import count_params  # also registers the grouped-matmul FLOP formula
 from bench.runner import load_data, resolve_device
 from bench.train import class_weight, make_adam, seed_everything, train_step
 
@@ -112,9 +111,3 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
         s_per_epoch=steps_per_epoch * mean, train_gflop_per_step=flops / 1e9,
         achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak)
 
-
-def report(result: PerfResult) -> str:
-    """A few aligned lines for the terminal."""
-    r = asdict(result)
-    return "\n".join(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}"
-                     for k, v in r.items())
