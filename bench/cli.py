@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     perf.add_argument("--combo", default="IGCB", help="modality combination (default: IGCB)")
     perf.add_argument("--steps", type=int, default=200, help="timed steps (default 200)")
     perf.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
+    perf.add_argument("--compare-official", action="store_true",
+                      help="also time the released code's design (per-sample DataLoader, MoE "
+                      "per modality, per-expert loop) on the same weights; Flex-MoE models only")
     perf.add_argument("--threads", type=int, default=None,
                       help="torch CPU threads (default: torch's choice)")
     perf.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -203,13 +206,18 @@ def cmd_perf(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     results = [benchmark(m, args.dataset, args.combo, args.steps, args.warmup, args.device,
                          _assignments(args.overrides, "--set"),
-                         _assignments(args.data_option, "--data-option"))
+                         _assignments(args.data_option, "--data-option"),
+                         official=args.compare_official)
                for m in _csv(args.models)]
     rows = [{"model": r.model, "ms/step (median)": r.ms_per_step_median,
              "ms/step (mean)": r.ms_per_step_mean, "samples/s": r.samples_per_s,
              "s/epoch": r.s_per_epoch, "train GFLOP/step": r.train_gflop_per_step,
              "GFLOP/s": r.achieved_gflops, "of matmul peak": f"{r.fraction_of_matmul_peak:.1%}",
              "params": r.params} for r in results]
+    if args.compare_official:
+        for row, r in zip(rows, results):
+            row["official design ms/step"] = r.official_ms_per_step_median
+            row["speed-up"] = f"{r.speedup_vs_official:.1f}×"
     first = results[0]
     print(f"{args.dataset} {args.combo}, batch {first.batch_size}, {first.steps} timed steps "
           f"after {args.warmup}, device {first.device}, {first.threads} thread(s); dense "

@@ -4,13 +4,18 @@ Trains a model for a fixed number of steps on one combination (default: Flex-MoE
 synthetic-adni IGCB at the paper's hyper-parameters) and reports samples/s, ms per step,
 time per epoch, the training FLOPs of one step (forward + backward, counted by
 ``FlopCounterMode`` along the real routing) and the achieved fraction of this machine's
-dense-matmul FLOP rate, measured in the same run.
+dense-matmul FLOP rate, measured in the same run. A step's time includes fetching its batch.
+With ``official=True`` it also times the released code's design (per-sample ``DataLoader``,
+MoE called per modality, experts in a Python loop; ``flexmoe.reference``) on the same weights
+and hyper-parameters, and reports the speed-up.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +47,8 @@ class PerfResult:
     achieved_gflops: float
     matmul_gflops: float
     fraction_of_matmul_peak: float
+    official_ms_per_step_median: float | None = None
+    speedup_vs_official: float | None = None
 
 
 def matmul_rate(device: torch.device, size: int = 1024, reps: int = 20) -> float:
@@ -69,45 +76,70 @@ def train_flops(model, batch, weight) -> int:
     return int(counter.get_total_flops())
 
 
+def _time_steps(model, optimizer, batches: Iterator, weight, device: torch.device,
+                steps: int, warmup: int) -> list[float]:
+    """Seconds per training step (batch fetch included) for ``steps`` steps after ``warmup``."""
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        train_step(model, batch, optimizer, weight)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _forever(make: Any) -> Iterator:
+    """Batches of ``make()`` (an iterable of one epoch), epoch after epoch."""
+    return itertools.chain.from_iterable(make() for _ in itertools.count())
+
+
 def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", combo: str = "IGCB",
               steps: int = 200, warmup: int = 20, device: str = "auto",
               overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
-              seed: int = 0) -> PerfResult:
-    """Time ``steps`` training steps after ``warmup`` untimed ones."""
+              seed: int = 0, official: bool = False) -> PerfResult:
+    """Time ``steps`` training steps after ``warmup`` untimed ones (see the module doc)."""
+    from flexmoe.model import FlexMoE
+    from flexmoe.reference import official_design, per_sample_loader
+
     dev = resolve_device(device)
     data = load_data(dataset, data_options).restrict(combo).to(dev)
     hp = registry.resolve_hparams(model_name, data.spec, overrides, "paper")
     seed_everything(seed)
     model = registry.build_model(model_name, data.spec, hp).to(dev)
+    if official and not isinstance(model, FlexMoE):
+        raise ValueError(f"the official-design comparison exists for Flex-MoE models only, "
+                         f"not {model_name!r}")
+    reference = official_design(model) if official else None
     batch_size = hp["batch_size"]
-    optimizer = make_adam(model, hp["lr"], hp.get("weight_decay", 0.0))
     weight = class_weight(data)
     generator = torch.Generator().manual_seed(seed)
-
-    def batches():
-        while True:
-            yield from data.batches("train", batch_size, "shuffle", generator)
-
-    stream = batches()
-    times = []
-    for i in range(warmup + steps):
-        batch = next(stream)
-        t0 = time.perf_counter()
-        train_step(model, batch, optimizer, weight)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    stream = _forever(lambda: data.batches("train", batch_size, "shuffle", generator))
+    optimizer = make_adam(model, hp["lr"], hp.get("weight_decay", 0.0))
+    times = _time_steps(model, optimizer, stream, weight, dev, steps, warmup)
+    official_median = None
+    if reference is not None:
+        loader: Iterable = per_sample_loader(data, batch_size, seed)
+        # the released code's optimiser: plain torch.optim.Adam (not fused)
+        ref_optimizer = torch.optim.Adam(reference.parameters(), lr=hp["lr"],
+                                         weight_decay=hp.get("weight_decay", 0.0))
+        ref_times = _time_steps(reference, ref_optimizer, _forever(lambda: loader), weight, dev,
+                                steps, warmup)
+        official_median = statistics.median(ref_times) * 1e3
     flops = train_flops(model, next(stream), weight)
     peak = matmul_rate(dev)
     mean = statistics.fmean(times)
+    median = statistics.median(times) * 1e3
     steps_per_epoch = -(-int(data.splits["train"].numel()) // batch_size)
     achieved = flops / mean / 1e9
     return PerfResult(
         model=model_name, combo=combo, device=str(dev), threads=torch.get_num_threads(),
         batch_size=batch_size, params=count_params(model), steps=steps,
-        ms_per_step_median=statistics.median(times) * 1e3, ms_per_step_mean=mean * 1e3,
+        ms_per_step_median=median, ms_per_step_mean=mean * 1e3,
         samples_per_s=batch_size / mean, steps_per_epoch=steps_per_epoch,
         s_per_epoch=steps_per_epoch * mean, train_gflop_per_step=flops / 1e9,
-        achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak)
-
+        achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak,
+        official_ms_per_step_median=official_median,
+        speedup_vs_official=None if official_median is None else official_median / median)

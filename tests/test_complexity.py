@@ -27,9 +27,11 @@ def test_flops_count_exactly_the_routed_experts():
 def test_perf_benchmark_reports_consistent_figures():
     from bench.perf import benchmark
 
-    r = benchmark("flexmoe", steps=3, warmup=1, data_options={"scale": 0.2})
+    r = benchmark("flexmoe", steps=3, warmup=1, data_options={"scale": 0.2}, official=True)
     assert r.steps == 3 and r.batch_size == 8 and r.params == 1_264_771
     assert r.samples_per_s == pytest.approx(8 / (r.ms_per_step_mean / 1e3))
     # forward + backward of the routed experts alone is 3 × 2 × 512 tokens × 4 × 65,536 MACs
     assert r.train_gflop_per_step > 3 * 2 * 512 * 4 * 65_536 / 1e9
     assert 0 < r.fraction_of_matmul_peak < 1.5
+    assert r.speedup_vs_official == pytest.approx(r.official_ms_per_step_median
+                                                  / r.ms_per_step_median)
