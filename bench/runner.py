@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 import bench
 from bench import registry
-from bench.complexity import count_params, forward_flops
+from bench.complexity import count_params, forward_flops, fvcore_macs
 from bench.data.core import MultimodalData, combinations
 from bench.profiles import get_profile
 from bench.store import ResultStore, write_receipt
@@ -148,6 +148,7 @@ def execute(cell: Cell, device: str | torch.device = "cpu") -> dict[str, Any]:
         result = fit(model, data, seed=cell.seed, **train_hp)
         probe = data.batch(data.splits["val"][: train_hp.get("batch_size", 8)])
         flops = forward_flops(model, probe)
+        macs, skipped = fvcore_macs(model, probe)
         row.update(
             status="ok", error=None, split_digest=data.split_digest, run_info=model.run_info(),
             val_acc=result.val["acc"], val_f1=result.val["f1"], val_auc=result.val["auc"],
@@ -158,6 +159,9 @@ def execute(cell: Cell, device: str | torch.device = "cpu") -> dict[str, Any]:
             n_test=int(data.splits["test"].numel()), params=count_params(model),
             flops_batch=float(flops), flops_batch_size=len(probe),
             flops_per_sample=flops / max(len(probe), 1),
+            fvcore_flops_batch=None if macs is None else float(macs),
+            fvcore_flops_per_sample=None if macs is None else macs / max(len(probe), 1),
+            fvcore_skipped_ops=skipped,
             ms_per_iter=result.ms_per_iter, ms_per_iter_median=result.ms_per_iter_median,
             s_per_epoch=sum(result.epoch_s) / len(result.epoch_s),
         )

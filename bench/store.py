@@ -36,12 +36,13 @@ COLUMNS: dict[str, str] = {
     "n_train": "INTEGER", "n_val": "INTEGER", "n_test": "INTEGER",
     "params": "INTEGER", "flops_per_sample": "REAL", "flops_batch": "REAL",
     "flops_batch_size": "INTEGER",
+    "fvcore_flops_per_sample": "REAL", "fvcore_flops_batch": "REAL", "fvcore_skipped_ops": "TEXT",
     "ms_per_iter": "REAL", "ms_per_iter_median": "REAL", "s_per_epoch": "REAL",
     "train_seconds": "REAL",
     "device": "TEXT", "device_name": "TEXT", "threads": "INTEGER",
     "torch_version": "TEXT", "python_version": "TEXT", "code_version": "TEXT",
 }
-JSON_COLUMNS = ("hparams", "data_options", "run_info", "val_acc_curve")
+JSON_COLUMNS = ("hparams", "data_options", "run_info", "val_acc_curve", "fvcore_skipped_ops")
 
 
 class StoreError(RuntimeError):

@@ -35,3 +35,36 @@ def test_perf_benchmark_reports_consistent_figures():
     assert 0 < r.fraction_of_matmul_peak < 1.5
     assert r.speedup_vs_official == pytest.approx(r.official_ms_per_step_median
                                                   / r.ms_per_step_median)
+
+
+def test_fvcore_counts_multiply_adds_along_the_routing(adni):
+    from bench.complexity import forward_flops, fvcore_macs
+    from bench.registry import create_model
+
+    data = adni.restrict("IGCB")
+    batch = data.batch(data.splits["val"][:8])
+    tf = create_model("tf", data.spec)
+    macs, skipped = fvcore_macs(tf, batch)
+    # only Linear layers: fvcore's multiply-adds are exactly half of FlopCounterMode's FLOPs
+    assert macs == forward_flops(tf, batch) // 2
+    assert "aten::mul" in skipped  # element-wise operators are listed, not counted
+    flexmoe = create_model("flexmoe", data.spec)
+    macs, skipped = fvcore_macs(flexmoe, batch)
+    # same routing, experts (grouped matmul) and attention included; fvcore adds LayerNorms
+    layer_norms = 2 * 8 * 64 * 128 * 5
+    assert macs == forward_flops(flexmoe, batch) // 2 + layer_norms
+    assert "aten::_grouped_mm" not in skipped
+
+
+def test_fvcore_reports_a_model_it_cannot_trace(adni):
+    from bench.complexity import fvcore_macs
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, batch):
+            if torch.jit.is_tracing():
+                raise RuntimeError("data-dependent Python control flow")
+            return torch.zeros(len(batch), 3), None
+
+    data = adni.restrict("IG")
+    macs, skipped = fvcore_macs(Untraceable(), data.batch(data.splits["val"][:4]))
+    assert macs is None and skipped[0].startswith("not traceable")

@@ -41,6 +41,8 @@ def test_a_run_is_deterministic_under_its_seed():
     cell = _grid()[0]
     a, b = execute(cell), execute(cell)
     assert a["status"] == "ok", a.get("error")
+    # both FLOP conventions are stored: fvcore's multiply-adds are half of torch's FLOPs for TF
+    assert a["fvcore_flops_per_sample"] == a["flops_per_sample"] / 2 > 0
     for k in a:
         if k not in TIMING:
             assert a[k] == b[k], k
