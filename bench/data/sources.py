@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.data import folder, mfeat, synthetic_adni, synthetic_mimic
+from bench.data import folder, mfeat, official, synthetic_adni, synthetic_mimic
 from bench.data.core import MultimodalData
 from bench.data.splits import make_split, read_split_file
 from bench.registry import register_dataset
+
+ADNI_ENV, MIMIC_ENV = "FLEXMOE_BENCH_ADNI", "FLEXMOE_BENCH_MIMIC"
+
+
+def real_data_configured(family: str) -> bool:
+    """Whether the real data set of ``family`` ("adni" or "mimic") has its folder configured."""
+    return official.configured({"adni": ADNI_ENV, "mimic": MIMIC_ENV}[family])
 
 
 def datasets_root() -> Path:
@@ -71,3 +78,35 @@ def load_folder(path: str, split_seed: int = 0, family: str = "custom",
     return _finish(raw, f"folder:{path}", family, split_seed,
                    str(split_file) if split_file.is_file() else None,
                    load_folder.__doc__ or "", {"path": str(path)})
+
+
+@register_dataset("adni")
+def load_adni(root: str | None = None, split_seed: int = 0,
+              split_file: str | None = None) -> MultimodalData:
+    """Real ADNI (bring your own): the folder the official Flex-MoE preprocessing writes,
+    from root=PATH or $FLEXMOE_BENCH_ADNI; I image voxels, G SNPs, C clinical,
+    B biospecimen; CN / MCI / Dementia. Uses PTID_splits.json when present.
+    Layout: bench/data/official.py."""
+    folder_ = official.data_root(root, ADNI_ENV, "ADNI")
+    raw, splits = official.read_adni(folder_)
+    if split_file:
+        splits = read_split_file(split_file, raw.ids, "adni")
+    return MultimodalData.from_arrays(raw, "adni", "adni", split_seed=split_seed, splits=splits,
+                                      description=load_adni.__doc__ or "",
+                                      meta={"root": str(folder_)})
+
+
+@register_dataset("mimic")
+def load_mimic(root: str | None = None, split_seed: int = 0,
+               split_file: str | None = None) -> MultimodalData:
+    """Real MIMIC-IV (bring your own): lab_x.pt, note_x.pt, code_x.pt and labels.csv of the
+    official layout, from root=PATH or $FLEXMOE_BENCH_MIMIC; one-year mortality, CE class
+    weights (0.25, 0.75). Uses PTID_splits_mimic.json when present.
+    Layout: bench/data/official.py."""
+    folder_ = official.data_root(root, MIMIC_ENV, "MIMIC-IV")
+    raw, splits = official.read_mimic(folder_)
+    if split_file:
+        splits = read_split_file(split_file, raw.ids, "mimic")
+    return MultimodalData.from_arrays(raw, "mimic", "mimic", split_seed=split_seed, splits=splits,
+                                      description=load_mimic.__doc__ or "",
+                                      meta={"root": str(folder_)})
