@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``list``, ``table``, ``perf`` (``run_bench.py``, ``flexmoe-bench``)."""
+"""Command line: ``run``, ``list``, ``table``, ``perf``, ``reproduce``, ``report``
+(``run_bench.py``, ``flexmoe-bench``)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,38 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--dataset", default=None, help="data set (default: of the latest run)")
     table.add_argument("--profile", default=None, help="profile (default: of the latest run)")
     table.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+
+    paper = argparse.ArgumentParser(add_help=False)
+    paper.add_argument("--dataset", action="append", default=[], metavar="NAME",
+                       help="data set for the tables of its family (repeatable; default: adni "
+                       "/ mimic when configured, else synthetic-adni / synthetic-mimic)")
+    paper.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                       help="quick: 3 epochs, seed 0, smaller synthetic cohorts (default); "
+                       "paper: the paper's settings and seeds 0,1,2")
+    paper.add_argument("--seeds", type=_seeds, default=None, help="override the profile's seeds")
+    paper.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
+    paper.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="data set option on top of the profile's (repeatable)")
+    paper.add_argument("--out", type=Path, default=None,
+                       help="output directory (default: 'reproduce' beside the store)")
+    paper.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    reproduce = sub.add_parser(
+        "reproduce", parents=[common, store, paper], help="regenerate the paper's tables",
+        description="Run the grid behind each selected table or figure (resuming from the "
+        "store), render the tables (Markdown, LaTeX, CSV) with the published numbers beside "
+        "them, draw the figures (PNG, PDF) and write the HTML and Markdown report.")
+    reproduce.add_argument("--table", required=True, metavar="N",
+                           help="all, or comma-separated: 1, 2, 3, 4, 7, 8, 9, 10, fig4, fig5, "
+                           "fig6, modalities, cost")
+    reproduce.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    report = sub.add_parser(
+        "report", parents=[common, store, paper], help="write the HTML and Markdown report",
+        description="Render the tables and figures from the store (training nothing; pass "
+        "the same options as to reproduce) into one self-contained report.html and its "
+        "Markdown twin report.md.")
+    report.add_argument("--table", default="all", metavar="N",
+                        help="which tables and figures (default: all)")
     return parser
 
 
@@ -231,6 +264,36 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace, train: bool) -> int:
+    from bench.presets import select
+    from bench.reproduce import fallback_notes, reproduce
+    from bench.tables import to_markdown
+
+    sections, plans, out_dir = reproduce(
+        select(args.table), args.profile, args.store, args.out, args.dataset,
+        _assignments(args.overrides, "--set"), _assignments(args.data_option, "--data-option"),
+        args.seeds, args.device, getattr(args, "jobs", 1), train)
+    for section in sections:
+        if section.view is not None:
+            print("\n" + to_markdown(section.view))
+        else:
+            print(f"\n{section.title}: " + (", ".join(str(p) for p in section.figures)
+                                             or "no figure") + "".join(
+                f"\n  - {n}" for n in section.notes))
+    for note in fallback_notes(plans):
+        print(f"\nWARNING: {note}", file=sys.stderr)
+    print(f"\ntables, figures and report.html / report.md written to {out_dir}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    return _reproduce(args, train=True)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return _reproduce(args, train=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -238,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for module in args.plugin:
             registry.load_plugin(module)
-        commands = {"run": cmd_run, "list": cmd_list, "table": cmd_table, "perf": cmd_perf}
+        commands = {"run": cmd_run, "list": cmd_list, "table": cmd_table, "perf": cmd_perf,
+                    "reproduce": cmd_reproduce, "report": cmd_report}
         return commands[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, ImportError, StoreError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

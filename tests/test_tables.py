@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import io
 
-from bench.tables import pivot
+import pandas as pd
+import pytest
+
+from bench.presets import ABLATIONS, ADNI_COMBOS, ARTEFACTS, ArtefactCells, DatasetChoice
+from bench.runner import Cell
+from bench.tables import pivot, to_csv, to_html, to_latex, to_markdown
+from bench.views import ablation_view, complexity_view, metric_view
 
 
 def test_table_splits_a_model_only_for_settings_that_differ_on_one_combination():
@@ -22,3 +28,126 @@ def test_table_splits_a_model_only_for_settings_that_differ_on_one_combination()
     assert table.loc["IG", "tf (lr=0.001)"] == "–"
     same = pivot(pd.DataFrame(rows[:3]))
     assert list(same.columns) == ["tf"]
+
+
+# --- paper tables rendered from fake store rows --------------------------------------------
+
+def _cells(artefact_id: str, unregistered: tuple[str, ...] = (), real: bool = False,
+           seeds: tuple[int, ...] = (0, 1)) -> ArtefactCells:
+    art = ARTEFACTS[artefact_id]
+    sweeps = [(s, [Cell(m, "adni" if real else "synthetic-adni", c, seed, {"epochs": 3})
+                   for m in s.models if m not in unregistered for c in s.combos
+                   for seed in seeds]) for s in art.sweeps]
+    return ArtefactCells(art, DatasetChoice("adni" if real else "synthetic-adni", real,
+                                            "" if real else "synthetic stand-in"),
+                         sweeps, unregistered)
+
+
+def _rows(ac: ArtefactCells, failed: set[tuple[str, str]] = frozenset(),
+          fvcore: bool = False) -> pd.DataFrame:
+    """One stored row per cell: accuracy rises with the model's position, +0.2 % per seed."""
+    order = {m: i for i, m in enumerate(dict.fromkeys(m for s in ac.artefact.sweeps
+                                                      for m in s.models))}
+    rows = []
+    for c in ac.cells:
+        acc = 0.40 + 0.01 * order[c.model] + 0.002 * c.seed
+        row = {"key": c.key, "model": c.model, "combo": c.combo, "seed": c.seed,
+               "status": "ok", "error": None, "test_acc": acc, "test_f1": acc - 0.05,
+               "test_auc": acc + 0.2, "ms_per_iter_median": 30.0, "s_per_epoch": 6.0,
+               "flops_per_sample": 2.0e8, "params": 1_000_000 + order[c.model],
+               "device": "cpu", "device_name": "x86_64", "threads": 2, "epochs": 3,
+               "code_version": "0.1.0+abc"}
+        if fvcore:
+            row["fvcore_flops_per_sample"] = 1.0e8
+        if (c.model, c.combo) in failed:
+            row.update(status="failed", error="RuntimeError: boom", test_acc=None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _line(markdown: str, first: str) -> str:
+    return next(ln for ln in markdown.splitlines()
+                if ln.startswith("|") and ln.split("|")[1].strip() == first)
+
+
+def test_metric_table_shape_order_bold_and_paper_numbers():
+    ac = _cells("table1", unregistered=("i2moe",))
+    view = metric_view(ac, _rows(ac, failed={("mag", "IG")}), "quick")
+    repro, paper = view.panels
+    assert [p.name for p in view.panels] == ["Reproduced", "Published"]  # no Δ on synthetic
+    assert repro.mean.shape == paper.mean.shape == (11, 11)
+    assert list(repro.mean.index) == list(ADNI_COMBOS)
+    assert list(repro.mean.columns)[0] == "[59] Venugopalan"
+    assert list(repro.mean.columns)[-2:] == ["Flex-MoE", "I2MoE"]
+    md = to_markdown(view)
+    first, second = md.index("*Reproduced*"), md.index("*Published*")
+    ig = _line(md[first:second], "IG")
+    assert "**49.10 ± 0.10**" in ig and "<u>48.10 ± 0.10</u>" in ig  # Flex-MoE, FuseMoE
+    notes = view.footnotes()
+    assert notes == ["run failed: RuntimeError: boom", "model not registered",
+                     "not in the paper"]
+    cells = [c.strip() for c in ig.split("|")[1:-1]]
+    assert cells[7] == "–¹" and cells[11] == "–²"  # MAG failed, I2MoE not registered
+    published_ig = [c.strip() for c in _line(md[second:], "IG").split("|")[1:-1]]
+    assert published_ig[10] == "**61.08 ± 0.78**" and published_ig[9] == "<u>60.41 ± 0.87</u>"
+    assert published_ig[11] == "–³"
+    assert "¹ run failed: RuntimeError: boom" in md and "synthetic stand-in" in view.caption
+    assert "seeds 0, 1" in view.caption and "code 0.1.0+abc" in view.caption
+
+
+def test_real_data_adds_the_difference_panel():
+    ac = _cells("table1", unregistered=("i2moe",), real=True)
+    view = metric_view(ac, _rows(ac), "paper")
+    delta = view.panels[2]
+    assert delta.name.startswith("Δ")
+    assert delta.mean.loc["IG", "Flex-MoE"] == pytest.approx(49.10 - 61.08)
+    assert "-11.98" in _line(to_markdown(view).split("*Δ")[1], "IG")
+
+
+def test_latex_html_and_csv_carry_the_same_cells():
+    ac = _cells("table2", unregistered=("i2moe", "limoe"))
+    view = metric_view(ac, _rows(ac), "quick")
+    tex = to_latex(view)
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{45.10 $\pm$ 0.10}",
+                  r"\underline{44.10 $\pm$ 0.10}", r"--\textsuperscript{1}"):
+        assert token in tex
+    page = to_html(view)
+    assert "<b>45.10 ± 0.10</b>" in page and "<sup>1</sup> model not registered" in page
+    long = pd.read_csv(io.StringIO(to_csv(view)), keep_default_na=False)
+    assert set(long["panel"]) == {"Reproduced", "Published"}
+    assert len(long) == 2 * 4 * 7
+    best = long[(long["panel"] == "Reproduced") & (long["rank"] == 1)]
+    assert set(best["column"]) == {"Flex-MoE"}
+    limoe = long[long["column"] == "LIMoE"].groupby("panel")["note"].unique()
+    assert list(limoe["Reproduced"]) == ["model not registered"]
+    assert list(limoe["Published"]) == [""]
+
+
+def test_ablation_table_ranks_per_column_beside_the_paper():
+    ac = _cells("table3")
+    view = ablation_view(ac, _rows(ac), "quick")
+    (panel,) = view.panels
+    assert list(panel.mean.columns) == ["ACC", "F1", "paper ACC", "paper F1"]
+    assert list(panel.mean.index) == list(ABLATIONS.values())
+    assert panel.ranks().loc["Flex-MoE", "paper ACC"] == 1
+    ranks = panel.ranks()["ACC"]  # the fake accuracy rises down the rows
+    assert ranks["sorting: ascending"] == 1 and ranks["sorting: random"] == 2
+    assert ranks.drop(["sorting: ascending", "sorting: random"]).eq(0).all()
+
+
+@pytest.mark.parametrize("fvcore", [False, True])
+def test_complexity_table_shows_fvcore_only_when_stored(fvcore):
+    ac = _cells("table4", unregistered=("fusemoe",))
+    view = complexity_view(ac, _rows(ac, fvcore=fvcore), "quick")
+    (panel,) = view.panels
+    assert list(panel.mean.index.get_level_values(0)[:6]) == ["IG"] * 6
+    assert list(panel.mean.index.get_level_values(1)[:6]) == [
+        "TF", "MulT", "MAG", "LIMoE", "FuseMoE", "Flex-MoE"]
+    assert ("GFLOPs (MACs, fvcore)" in panel.mean.columns) is fvcore
+    assert {"ms / step", "s / epoch", "paper time (s)", "params", "ACC"} <= set(
+        panel.mean.columns)
+    md = to_markdown(view)
+    assert "1,000,005" in md and "36,516,807" in md and "most likely per epoch" in md
+    fuse = next(r for r in (ln.split("|")[1:-1] for ln in md.splitlines() if ln[:1] == "|")
+                if [c.strip() for c in r[:2]] == ["IG", "FuseMoE"])
+    assert fuse[2].strip() == "–¹" and fuse[-1].strip() == "60.41 ± 0.87"

@@ -1,0 +1,159 @@
+"""The paper's Figures 4–6 and two summary figures, drawn from tidy DataFrames.
+
+Figures are built with matplotlib's object API (no pyplot, so no global state and no
+display needed) and seaborn, sized for a 5.5-inch text width with 8-point labels, in the
+colour-blind-safe ``colorblind`` palette (categories also differ by marker) and the
+perceptually uniform ``cividis`` / diverging ``PuOr`` maps.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+WIDTH = 5.5  # inches: a NeurIPS text width
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
+         "ytick.labelsize": 7, "legend.fontsize": 7, "axes.spines.top": False,
+         "axes.spines.right": False, "pdf.fonttype": 42}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+
+# fontTools logs every glyph subset at INFO level when matplotlib writes a PDF
+logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+
+def palette(names: list[str]) -> dict[str, tuple[float, float, float]]:
+    """A colour per name from the colour-blind-safe palette (it has 10; markers also differ)."""
+    colours = sns.color_palette("colorblind", 10)
+    return {n: colours[i % len(colours)] for i, n in enumerate(names)}
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``stem.png`` (200 dpi) and ``stem.pdf``; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    with rc_context(STYLE):
+        for path in paths:
+            fig.savefig(path, bbox_inches="tight", dpi=200)
+    return paths
+
+
+def bank_similarity(df: pd.DataFrame, letters: str) -> Figure:
+    """Figure 4: cosine similarity of each bank entry with the real embedding it stands for,
+    rows observed combinations (with sample counts), columns the missing modality."""
+    with rc_context(STYLE):
+        table = df.pivot(index="combo", columns="modality", values="cosine")
+        counts = df.groupby("combo")["samples"].first()
+        order = counts.sort_values(ascending=False).index
+        table = table.reindex(index=order, columns=[c for c in letters if c in table.columns])
+        fig = Figure(figsize=(WIDTH * 0.55, 0.35 * len(table) + 1.0))
+        ax = fig.add_subplot()
+        sns.heatmap(table, ax=ax, cmap="PuOr", center=0.0, vmin=-1.0, vmax=1.0, annot=True,
+                    fmt=".2f", linewidths=0.5, cbar_kws={"label": "cosine similarity"})
+        ax.set_yticklabels([f"{c} (n={counts[c]})" for c in table.index], rotation=0)
+        ax.set_xlabel("missing modality (bank entry)")
+        ax.set_ylabel("observed combination")
+        fig.tight_layout()
+    return fig
+
+
+def expert_activation(df: pd.DataFrame, num_experts: int) -> Figure:
+    """Figure 5: share of each expert's routed tokens that come from each combination
+    (an expert that received no token is an empty column)."""
+    with rc_context(STYLE):
+        table = df.pivot(index="combo", columns="expert", values="share").fillna(0.0)
+        table = table.reindex(columns=range(num_experts))
+        tokens = df.groupby("combo")["tokens"].sum()
+        table = table.reindex(tokens.sort_values(ascending=False).index)
+        fig = Figure(figsize=(WIDTH, 0.3 * len(table) + 1.2))
+        ax = fig.add_subplot()
+        sns.heatmap(table, ax=ax, cmap="cividis", vmin=0.0, vmax=1.0, linewidths=0.3,
+                    cbar_kws={"label": "share of the expert's tokens"})
+        ax.set_xlabel("expert")
+        ax.set_ylabel("observed combination")
+        fig.tight_layout()
+    return fig
+
+
+def sensitivity(df: pd.DataFrame) -> Figure:
+    """Figure 6: test accuracy against each hyper-parameter axis (mean ± std over seeds);
+    settings without a result are marked × on the axis and explained in the caption."""
+    axes_names = list(dict.fromkeys(df["axis"]))
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 1.9))
+        axes = fig.subplots(1, len(axes_names), sharey=True, squeeze=False)[0]
+        colour = sns.color_palette("colorblind", 1)[0]
+        for ax, name in zip(axes, axes_names):
+            part = df[df["axis"] == name].sort_values("value")
+            done = part.dropna(subset=["mean"])
+            ax.errorbar(done["value"], done["mean"], yerr=done["std"], color=colour,
+                        marker="o", markersize=4, capsize=2, linewidth=1.2)
+            for value in part.loc[part["mean"].isna(), "value"]:
+                ax.plot(value, 0, marker="x", color="0.4", transform=ax.get_xaxis_transform(),
+                        clip_on=False, markersize=6)
+            if part["value"].max() >= 8 * part["value"].min() > 0:  # 4, 8, 16, 32: even steps
+                ax.set_xscale("log", base=2)
+                ax.minorticks_off()
+            ax.set_xticks(part["value"].tolist(), [str(v) for v in part["value"]])
+            ax.set_xlabel(name)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylabel("test accuracy (%)")
+        fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_modalities(df: pd.DataFrame) -> Figure:
+    """Mean test accuracy of each model over the combinations with 2, 3 and 4 modalities."""
+    models = list(dict.fromkeys(df["model"]))
+    colours = palette(models)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 2.6))
+        ax = fig.add_subplot()
+        for i, model in enumerate(models):
+            part = df[df["model"] == model].sort_values("modalities")
+            ax.errorbar(part["modalities"] + (i - len(models) / 2) * 0.015, part["mean"],
+                        yerr=part["std"], label=model, color=colours[model],
+                        marker=MARKERS[i % len(MARKERS)], markersize=4, capsize=2, linewidth=1)
+        ax.set_xticks(sorted(df["modalities"].unique().tolist()))
+        ax.set_xlabel("number of observed modalities in the combination")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_cost(df: pd.DataFrame) -> Figure:
+    """Accuracy against forward GFLOP per sample and against parameters; bubble area grows
+    with the parameter count, colour is the model, marker the combination."""
+    models = list(dict.fromkeys(df["model"]))
+    combos = list(dict.fromkeys(df["combo"]))
+    colours = palette(models)
+    size = 20 + 180 * np.sqrt(df["params"] / max(float(df["params"].max()), 1.0))
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 2.5))
+        left, right = fig.subplots(1, 2, sharey=True)
+        for ax, x, label in ((left, "gflop", "forward GFLOP per sample (FlopCounter, log)"),
+                             (right, "params", "trainable parameters (log)")):
+            for j, combo in enumerate(combos):
+                part = df["combo"] == combo
+                ax.scatter(df.loc[part, x], df.loc[part, "acc"], s=size[part],
+                           c=[colours[m] for m in df.loc[part, "model"]],
+                           marker=MARKERS[j % len(MARKERS)], alpha=0.75, edgecolors="0.2",
+                           linewidths=0.4)
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+        left.set_ylabel("test accuracy (%)")
+        handles = [left.scatter([], [], color=colours[m], label=m) for m in models]
+        handles += [left.scatter([], [], marker=MARKERS[j % len(MARKERS)], color="0.5",
+                                 label=c) for j, c in enumerate(combos)]
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   frameon=False)
+        fig.tight_layout()
+    return fig

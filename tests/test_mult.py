@@ -1,0 +1,95 @@
+"""MulT specifics: exact parameter count, cross-modal dependence, no causal mask by default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.complexity import count_params
+from bench.data.core import Batch
+from bench.registry import create_model
+from tests.conftest import spec_of
+
+SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1}
+
+
+def _batch(widths: dict[str, int], n: int = 3, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x = {c: torch.randn(n, w, generator=g) for c, w in widths.items()}
+    return Batch(x, torch.ones(n, len(widths), dtype=torch.bool),
+                 torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+
+
+def test_exact_parameter_count_three_modalities():
+    model = create_model("mult", spec_of({"A": 10, "B": 7, "C": 5}), **SMALL)
+    # Tokenisers, H=d=8, P=4: A 8·ceil(10/4)+8 = 32; B 8·2+8 = 24; C 8·2+8 = 24 → 80.
+    # One encoder layer of width w: in-proj 3w²+3w, out-proj w²+w, fc1 4w²+4w, fc2 4w²+w,
+    # two LayerNorms 4w → 12w² + 13w; an encoder adds its final LayerNorm 2w.
+    # Cross-modal: M(M−1) = 6 encoders, 1 layer, w=8: 12·64+13·8 = 872, +16 → 888 → 5,328.
+    # Memory: M = 3 encoders, width (M−1)·d = 16, depth max(1, 3) = 3:
+    #   12·256+13·16 = 3,280 per layer → 9,840, +32 → 9,872 → 29,616.
+    # Head: combined M(M−1)·d = 48: proj1, proj2 48·48+48 = 2,352 each → 4,704; out 48·3+3 = 147.
+    # Total 80 + 5,328 + 29,616 + 4,704 + 147 = 39,875.
+    assert count_params(model) == 39_875
+
+
+def test_target_state_depends_on_other_modalities_through_cross_modal_blocks():
+    widths = {"A": 10, "B": 7, "C": 5}
+    model = create_model("mult", spec_of(widths), **SMALL).eval()
+    batch = _batch(widths)
+    width = model.num_sources * 8  # one target's slice of the concatenated states
+    base = model.target_states(batch)
+    for c in "BC":
+        x = dict(batch.x)
+        x[c] = x[c] + 1.0
+        moved = model.target_states(Batch(x, batch.observed, batch.combo, batch.y))
+        # target A's state changes although A's own features did not
+        assert not torch.allclose(moved[:, :width], base[:, :width], atol=1e-5)
+
+
+@pytest.mark.parametrize("attn_mask", [False, True])
+def test_later_tokens_reach_earlier_ones_only_without_the_causal_mask(attn_mask):
+    model = create_model("mult", spec_of({"A": 10, "B": 7}), attn_mask=attn_mask, **SMALL)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    x, kv = torch.randn(2, 2, 3, 4, 8, generator=g)  # [n pairs, B, T, d]
+    later_x, later_kv = x.clone(), kv.clone()
+    later_x[:, :, -1] += torch.randn(8, generator=g)  # not a constant: LayerNorm removes that
+    later_kv[:, :, -1] += torch.randn(8, generator=g)
+    with torch.no_grad():
+        cross = model.cross(x, kv)[:, :, 0]
+        cross_kv = model.cross(x, later_kv)[:, :, 0]
+        mem = model.mem(x)[:, :, 0]
+        mem_x = model.mem(later_x)[:, :, 0]
+    # the first token's output moves with a later key/value or a later token iff no mask
+    assert torch.allclose(cross, cross_kv) == attn_mask
+    assert torch.allclose(mem, mem_x) == attn_mask
+
+
+def test_default_has_no_causal_mask_and_plain_positions():
+    model = create_model("mult", spec_of({"A": 10, "B": 7}))
+    assert not model.cross.attn_mask and not model.mem.attn_mask
+    zeros = torch.zeros(1, 1, 4, 128)
+    assert model.cross.embed(zeros).abs().sum() > 0  # every token gets its position
+
+
+def test_padding_position_quirk_leaves_zero_tokens_without_position():
+    model = create_model("mult", spec_of({"A": 10, "B": 7}), padding_positions=True, **SMALL)
+    x = torch.randn(1, 1, 4, 8)
+    x[..., 1, :] = 0.0  # a zero-filled token, e.g. of a missing modality
+    emb = model.cross.embed(x)
+    assert not emb[..., 1, :].any()
+    assert not torch.allclose(emb[..., 0, :], model.cross.scale * x[..., 0, :])
+
+
+def test_include_self_widens_each_target():
+    widths = {"A": 10, "B": 7, "C": 5}
+    batch = _batch(widths)
+    for include_self, sources in ((False, 2), (True, 3)):
+        model = create_model("mult", spec_of(widths), include_self=include_self, **SMALL)
+        assert model.target_states(batch).shape == (3, 3 * sources * 8)
+
+
+def test_needs_two_modalities():
+    with pytest.raises(ValueError, match="at least two"):
+        create_model("mult", spec_of({"A": 10}))
