@@ -178,16 +178,22 @@ def _print_table(store_path: Path | None, metric: str, dataset: str | None = Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.presets import QUICK_DATA_OPTIONS
     from bench.runner import build_grid, cell_records, run_grid
 
     models = (registry.list_models(variants=False) if args.models == "all"
               else _csv(args.models))
     for m in models:
         registry.model_class(m)
+    data_options = _assignments(args.data_option, "--data-option")
+    if args.profile == "quick" and not data_options and args.dataset in QUICK_DATA_OPTIONS:
+        # the quick profile's synthetic cohorts, as reproduce uses them (see bench.presets)
+        data_options = dict(QUICK_DATA_OPTIONS[args.dataset])
+        logger.info("quick profile: %s with %s (pass --data-option to change)", args.dataset,
+                    data_options)
     cells = build_grid(models, args.dataset, _csv(args.combos) if args.combos else None,
                        args.seeds, args.profile, _assignments(args.overrides, "--set"),
-                       _assignments(args.data_option, "--data-option"), args.split_seed,
-                       args.plugin)
+                       data_options, args.split_seed, args.plugin)
     if args.dry_run:
         for rec in cell_records(cells):
             print(json.dumps(rec, sort_keys=True))

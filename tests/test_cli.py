@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,13 @@ def test_killed_grid_resumes_without_loss(tmp_path):
     assert sorted(final["model"]) == ["dies-once", "dies-once", "tf", "tf"]
     tf_rows = final[final["model"] == "tf"].set_index("key")
     assert tf_rows["created_at"].to_dict() == kept.set_index("key")["created_at"].to_dict()
+
+
+def test_quick_run_uses_the_small_synthetic_cohort_unless_told(capsys):
+    assert main(["run", "--models", "tf", "--combos", "IG", "--dry-run"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["data_options"] == {"scale": 0.1}
+    assert main(["run", "--models", "tf", "--combos", "IG", "--dry-run",
+                 "--data-option", "scale=1"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["data_options"] == {"scale": 1}
