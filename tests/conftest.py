@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bench.data.arrays import Modality, RawArrays
-from bench.data.core import DataSpec, MultimodalData
+from bench.data.core import Batch, DataSpec, MultimodalData
 from bench.runner import load_data
 
 
@@ -46,3 +47,14 @@ def spec_of(modalities: dict[str, int], num_classes: int = 3, family: str = "adn
     """A spec with hand-picked feature widths, for exact parameter counts."""
     mods = tuple(Modality(f"mod{c}", c, (w,)) for c, w in modalities.items())
     return DataSpec("hand", family, mods, mods, num_classes)
+
+
+def batch_of(spec: DataSpec, observed: list[list[bool]], seed: int = 0) -> Batch:
+    """A hand-made batch: random features zeroed where ``observed`` is False, random labels."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.tensor(observed)
+    n = len(observed)
+    x = {m.letter: torch.randn(n, m.num_features, generator=g) * obs[:, [j]]
+         for j, m in enumerate(spec.modalities)}
+    y = torch.randint(0, spec.num_classes, (n,), generator=g)
+    return Batch(x, obs, torch.zeros(n, dtype=torch.long), y)

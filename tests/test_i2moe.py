@@ -12,22 +12,11 @@ from torch import nn
 from baselines.i2moe import expert_names, interaction_losses
 from baselines.i2moe_analysis import global_interpretation, local_interpretation
 from bench.complexity import count_params
-from bench.data.core import Batch
 from bench.registry import create_model, resolve_hparams
-from tests.conftest import spec_of
+from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1, "hidden_rw": 16,
          "num_layers_rw": 2}
-
-
-def _batch(spec, observed: list[list[bool]], seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.tensor(observed)
-    n = len(observed)
-    x = {m.letter: torch.randn(n, m.num_features, generator=g) * obs[:, [j]]
-         for j, m in enumerate(spec.modalities)}
-    y = torch.randint(0, spec.num_classes, (n,), generator=g)
-    return Batch(x, obs, torch.zeros(n, dtype=torch.long), y)
 
 
 def _reference_losses(outputs: torch.Tensor) -> torch.Tensor:
@@ -85,7 +74,7 @@ def test_defaults_per_family():
 def test_weights_sum_to_one_and_mix_the_clean_expert_outputs():
     spec = spec_of({"A": 12, "B": 9, "C": 20})
     model = create_model("i2moe", spec, **SMALL).eval()
-    batch = _batch(spec, [[True, True, True], [True, False, True], [False, True, False]])
+    batch = batch_of(spec, [[True, True, True], [True, False, True], [False, True, False]])
     with torch.no_grad():
         tokens = model.tokens(batch)
         weights = model.interaction_weights(tokens)
@@ -142,7 +131,7 @@ def test_batched_perturbed_pass_equals_separate_passes(sparse):
     spec = spec_of({"A": 12, "B": 9, "C": 20})
     model = create_model("i2moe", spec, fusion_sparse=sparse, num_experts=8, top_k=2,
                          **{**SMALL, "num_layers": 2}).eval()
-    batch = _batch(spec, [[True, True, True], [True, False, True], [False, True, True],
+    batch = batch_of(spec, [[True, True, True], [True, False, True], [False, True, True],
                           [True, True, False]])
     with torch.no_grad():
         tokens = model.tokens(batch)  # [B, M, P, H]
@@ -165,7 +154,7 @@ def test_batched_perturbed_pass_equals_separate_passes(sparse):
 def test_perturbation_replaces_encoded_tokens_even_of_a_missing_modality():
     spec = spec_of({"A": 12, "B": 9})
     model = create_model("i2moe", spec, **SMALL).eval()
-    batch = _batch(spec, [[True, False], [True, True]])
+    batch = batch_of(spec, [[True, False], [True, True]])
     with torch.no_grad():
         tokens = model.tokens(batch)
         inputs = model.perturbed_inputs(tokens)  # [E, M+1, B, M, P, H]
@@ -180,7 +169,7 @@ def test_perturbation_replaces_encoded_tokens_even_of_a_missing_modality():
 def test_eval_runs_no_perturbed_passes_and_training_does():
     spec = spec_of({"A": 12, "B": 9, "C": 20})
     model = create_model("i2moe", spec, **SMALL)
-    batch = _batch(spec, [[True, True, True], [True, False, True]])
+    batch = batch_of(spec, [[True, True, True], [True, False, True]])
     rows: list[int] = []
     hooks = [e.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
              for e in model.experts]
@@ -199,7 +188,7 @@ def test_eval_runs_no_perturbed_passes_and_training_does():
 
 def test_interaction_loss_weight_scales_aux():
     spec = spec_of({"A": 12, "B": 9})
-    batch = _batch(spec, [[True, True], [True, False], [False, True]])
+    batch = batch_of(spec, [[True, True], [True, False], [False, True]])
     auxes = []
     for weight in (0.3, 0.6):
         torch.manual_seed(0)
@@ -214,7 +203,7 @@ def test_sparse_gate_loss_keeps_its_gradient():
     spec = spec_of({"A": 12, "B": 9})
     model = create_model("i2moe", spec, fusion_sparse=True, num_experts=8, top_k=2,
                          interaction_loss_weight=0.0, gate_loss_weight=1.0, **SMALL).train()
-    batch = _batch(spec, [[True, True], [True, False], [False, True]])
+    batch = batch_of(spec, [[True, True], [True, False], [False, True]])
     _, aux = model(batch)
     assert aux.item() > 0
     aux.backward()

@@ -7,19 +7,10 @@ import torch
 from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
-from tests.conftest import spec_of
+from tests.conftest import batch_of, spec_of
 
 H, P = 16, 4
 SPEC = spec_of({"A": 32, "B": 12}, num_classes=3)
-
-
-def _batch(observed: list[list[bool]], seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.tensor(observed)
-    x = {c: torch.randn(len(obs), m.num_features, generator=g) * obs[:, [j]]
-         for j, (c, m) in enumerate(zip(SPEC.letters, SPEC.modalities))}
-    zeros = torch.zeros(len(obs), dtype=torch.long)
-    return Batch(x, obs, zeros, zeros)
 
 
 def _model(**hparams) -> torch.nn.Module:
@@ -37,7 +28,7 @@ def test_exact_parameter_count_two_modalities():
 
 def test_feature_is_the_last_hidden_state():
     model = _model()
-    batch = _batch([[True, True], [True, True]])
+    batch = batch_of(SPEC, [[True, True], [True, True]])
     feats = model.features(batch)
     tokens = model.tokenizer(batch)
     for j, c in enumerate(SPEC.letters):
@@ -48,7 +39,7 @@ def test_feature_is_the_last_hidden_state():
 
 def test_output_depends_on_patch_order():
     model = _model()
-    batch = _batch([[True, True], [True, True]])
+    batch = batch_of(SPEC, [[True, True], [True, True]])
     logits, _ = model(batch)
     # reversing A's patches reverses its token sequence (one Linear shared by all patches);
     # a pooled, order-free encoder would not notice, the GRU must
@@ -61,7 +52,7 @@ def test_output_depends_on_patch_order():
 
 def test_missing_modality_feature_is_zero_and_gru_skips_the_row():
     model = _model()
-    batch = _batch([[True, True], [True, False], [False, True]])
+    batch = batch_of(SPEC, [[True, True], [True, False], [False, True]])
     seen: dict[str, int] = {}
     hooks = [model.grus[c].register_forward_pre_hook(
         lambda m, args, c=c: seen.__setitem__(c, seen.get(c, 0) + len(args[0])))
@@ -77,7 +68,7 @@ def test_missing_modality_feature_is_zero_and_gru_skips_the_row():
 
 def test_zero_input_runs_the_gru_on_a_zero_token_sequence():
     model = _model(missing_fill="zero_input")
-    batch = _batch([[True, True], [True, False]])
+    batch = batch_of(SPEC, [[True, True], [True, False]])
     feats = model.features(batch)
     expected = model.grus["B"](torch.zeros(1, P, H))[0]
     torch.testing.assert_close(feats[1, H:], expected)

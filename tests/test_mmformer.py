@@ -10,21 +10,11 @@ from baselines.mmformer import random_nonempty_subset
 from bench.blocks import Attention
 from bench.complexity import count_params, forward_flops
 from bench.data.arrays import Modality
-from bench.data.core import Batch, DataSpec
+from bench.data.core import DataSpec
 from bench.registry import create_model
-from tests.conftest import spec_of
+from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 16, "num_patches": 4, "num_heads": 2}
-
-
-def _batch(spec, observed: list[list[bool]], seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.tensor(observed)
-    n = len(observed)
-    x = {m.letter: torch.randn(n, m.num_features, generator=g) * obs[:, [j]]
-         for j, m in enumerate(spec.modalities)}
-    y = torch.randint(0, spec.num_classes, (n,), generator=g)
-    return Batch(x, obs, torch.zeros(n, dtype=torch.long), y)
 
 
 def test_exact_parameter_count():
@@ -56,7 +46,7 @@ def test_attention_equals_the_fused_qkv_attention_of_the_repo():
 def test_missing_modalities_are_zero_before_the_inter_modal_transformer():
     spec = spec_of({"A": 12, "B": 9, "C": 20})
     model = create_model("mmformer", spec, **SMALL).train()
-    batch = _batch(spec, [[True, False, True], [False, True, False], [True, True, True]])
+    batch = batch_of(spec, [[True, False, True], [False, True, False], [True, True, True]])
     captured, seen = {}, {}
     model.inter[0].register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0]))
     for c in "ABC":
@@ -77,7 +67,7 @@ def test_positional_embedding_is_added_at_every_depth_step():
     with torch.no_grad():
         for c in "AB":
             model.intra[c].pos.normal_()
-    batch = _batch(spec, [[True, True], [True, False]])
+    batch = batch_of(spec, [[True, True], [True, False]])
     inputs: dict[str, list[torch.Tensor]] = {}
     outputs: dict[str, list[torch.Tensor]] = {}
     stacks = {"A": model.intra["A"].blocks, "inter": model.inter}
@@ -111,7 +101,7 @@ def test_sep_loss_sums_over_observed_modalities_only():
         logits[[1, 2], 1], y[[1, 2]])
     torch.testing.assert_close(model.sep_loss(intra, obs, y), expected)
     # the weight multiplies the term returned as aux
-    batch = _batch(spec, obs.tolist())
+    batch = batch_of(spec, obs.tolist())
     model.eval()
     with torch.no_grad():
         base = model(batch)[1]
@@ -151,4 +141,4 @@ def test_flop_counter_runs_on_the_model():
     # module tracker fails on a parameter argument under inference mode
     spec = spec_of({"A": 12, "B": 9})
     model = create_model("mmformer", spec, depth=2, **SMALL)
-    assert forward_flops(model, _batch(spec, [[True, True], [False, True]])) > 0
+    assert forward_flops(model, batch_of(spec, [[True, True], [False, True]])) > 0

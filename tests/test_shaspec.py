@@ -9,21 +9,10 @@ import torch.nn.functional as F
 
 from baselines.shaspec import cycle_pairs, random_subset_of_size
 from bench.complexity import count_params, forward_flops
-from bench.data.core import Batch
 from bench.registry import create_model
-from tests.conftest import spec_of
+from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 16, "num_patches": 4, "num_heads": 2}
-
-
-def _batch(spec, observed: list[list[bool]], seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.tensor(observed)
-    n = len(observed)
-    x = {m.letter: torch.randn(n, m.num_features, generator=g) * obs[:, [j]]
-         for j, m in enumerate(spec.modalities)}
-    y = torch.randint(0, spec.num_classes, (n,), generator=g)
-    return Batch(x, obs, torch.zeros(n, dtype=torch.long), y)
 
 
 def test_exact_parameter_count_transformer_encoders():
@@ -54,7 +43,7 @@ def test_missing_modality_takes_the_first_available_shared_feature_of_its_sample
     spec = spec_of({"A": 12, "B": 9, "C": 20})
     model = create_model("shaspec", spec, **SMALL).eval()
     # first available: sample 0 → B, sample 1 → C, sample 2 → A, sample 3 has everything
-    batch = _batch(spec, [[False, True, True], [False, False, True], [True, False, False],
+    batch = batch_of(spec, [[False, True, True], [False, False, True], [True, False, False],
                           [True, True, True]])
     with torch.no_grad():
         s, t, fused = model.features(batch)
@@ -74,7 +63,7 @@ def test_missing_modality_takes_the_first_available_shared_feature_of_its_sample
 def test_mean_option_averages_the_available_shared_features():
     spec = spec_of({"A": 12, "B": 9, "C": 20})
     model = create_model("shaspec", spec, missing_source="mean", **SMALL).eval()
-    batch = _batch(spec, [[False, True, True], [True, False, False]])
+    batch = batch_of(spec, [[False, True, True], [True, False, False]])
     with torch.no_grad():
         s, _, fused = model.features(batch)
     torch.testing.assert_close(fused[0, 0], (s[0, 1] + s[0, 2]) / 2)
@@ -118,7 +107,7 @@ def test_specific_loss_counts_only_observed_modalities():
 
 def test_aux_is_alpha_shared_plus_beta_specific_and_both_terms_are_positive():
     spec = spec_of({"A": 12, "B": 9, "C": 20})
-    batch = _batch(spec, [[True, True, False], [True, True, True], [False, True, True]])
+    batch = batch_of(spec, [[True, True, False], [True, True, True], [False, True, True]])
     model = create_model("shaspec", spec, **SMALL).eval()
     with torch.no_grad():
         s, t, _ = model.features(batch)
@@ -136,7 +125,7 @@ def test_aux_is_alpha_shared_plus_beta_specific_and_both_terms_are_positive():
 def test_shared_and_specific_encoders_never_see_missing_rows():
     spec = spec_of({"A": 12, "B": 9, "C": 20})
     model = create_model("shaspec", spec, **SMALL).train()
-    batch = _batch(spec, [[True, False, False], [True, True, False], [False, True, True]])
+    batch = batch_of(spec, [[True, False, False], [True, True, False], [False, True, True]])
     seen: dict[str, int] = {}
     modules = {"shared": model.shared, **{c: model.specific[c] for c in "ABC"}}
     for name, module in modules.items():
@@ -165,4 +154,4 @@ def test_bad_options_are_rejected(bad):
 def test_flop_counter_runs_on_the_model():
     spec = spec_of({"A": 12, "B": 9})
     model = create_model("shaspec", spec, **SMALL)
-    assert forward_flops(model, _batch(spec, [[True, True], [False, True]])) > 0
+    assert forward_flops(model, batch_of(spec, [[True, True], [False, True]])) > 0

@@ -8,19 +8,10 @@ from baselines.venugopalan2021 import MaskingNoise, observed_mse
 from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
-from tests.conftest import spec_of
+from tests.conftest import batch_of, spec_of
 
 SPEC = spec_of({"A": 12, "B": 7}, num_classes=3)
 H = 8
-
-
-def _batch(observed: list[list[bool]], seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.tensor(observed)
-    x = {c: torch.randn(len(obs), m.num_features, generator=g) * obs[:, [j]]
-         for j, (c, m) in enumerate(zip(SPEC.letters, SPEC.modalities))}
-    zeros = torch.zeros(len(obs), dtype=torch.long)
-    return Batch(x, obs, zeros, zeros)
 
 
 def _model(seed: int = 0, **hparams) -> torch.nn.Module:
@@ -41,7 +32,7 @@ def test_exact_parameter_count_two_modalities():
 
 def test_reconstruction_loss_is_mse_on_observed_rows_only():
     model = _model(lambda_rec=1.0).eval()
-    batch = _batch([[True, True], [True, False], [False, True], [True, False]])
+    batch = batch_of(SPEC, [[True, True], [True, False], [False, True], [True, False]])
     _, aux = model(batch)
     expected = torch.zeros(())
     for j, c in enumerate(SPEC.letters):
@@ -54,7 +45,7 @@ def test_reconstruction_loss_is_mse_on_observed_rows_only():
 
 def test_missing_rows_change_nothing_even_as_nan():
     model = _model().train()
-    batch = _batch([[True, True], [True, False], [False, True], [True, False]])
+    batch = batch_of(SPEC, [[True, True], [True, False], [False, True], [True, False]])
     garbage = {c: torch.where(batch.observed[:, [j]], x, torch.full_like(x, float("nan")))
                for j, (c, x) in enumerate(batch.x.items())}
     dirty = Batch(garbage, batch.observed, batch.combo, batch.y)
@@ -72,7 +63,7 @@ def test_missing_rows_change_nothing_even_as_nan():
 def test_loss_is_zero_for_a_modality_missing_from_the_whole_batch():
     assert observed_mse(torch.randn(3, 5), torch.randn(3, 5), torch.zeros(3, dtype=torch.bool)) == 0
     model = _model(lambda_rec=1.0).eval()
-    batch = _batch([[True, False], [True, False], [True, False]])
+    batch = batch_of(SPEC, [[True, False], [True, False], [True, False]])
     fused, rec = model.encode(batch)
     x = batch.x["A"]
     expected = (model.encoders["A"](x)[:, H:] - x).pow(2).mean()
@@ -81,7 +72,7 @@ def test_loss_is_zero_for_a_modality_missing_from_the_whole_batch():
 
 
 def test_aux_is_weighted_by_lambda_rec():
-    batch = _batch([[True, True], [True, False], [False, True]])
+    batch = batch_of(SPEC, [[True, True], [True, False], [False, True]])
     _, base = _model(lambda_rec=0.1).eval()(batch)
     _, triple = _model(lambda_rec=0.3).eval()(batch)
     _, off = _model(lambda_rec=0.0).eval()(batch)
@@ -99,7 +90,7 @@ def test_masking_noise_only_in_training():
     assert noise.eval()(x) is x
 
     model = _model(dropout=0.0).eval()
-    batch = _batch([[True, True], [True, False], [False, True]])
+    batch = batch_of(SPEC, [[True, True], [True, False], [False, True]])
     clean, clean_aux = model(batch)
     again, _ = model(batch)
     assert torch.equal(clean, again)
