@@ -9,8 +9,9 @@ No code is public (MODELS.md §10). Choices:
 * [ours] One GRU per modality (``hidden`` H = 128, ``num_layers`` 1, batch_first, separate
   weights); the modality feature is its last hidden state ``[B, H]``. The M GRUs run in a
   loop over modalities (M ≤ 4), each over the observed rows of its modality.
-* [paper] Features concatenated ``[B, M·H]``; a logistic-regression-style Linear → C.
-  [unverified] Dropout 0.5 (the shared protocol's) on the concatenated features.
+* [unverified] Features concatenated ``[B, M·H]``; a logistic-regression-style Linear → C
+  (MODELS.md's reading of the paper; no source reached). [unverified] Dropout 0.5 (the
+  shared protocol's) on the concatenated features.
 * Missing modalities: no native mechanism; ``missing_fill="zero_embed"`` (default) makes a
   missing modality's feature zero (neither its tokeniser nor its GRU sees the row);
   ``"zero_input"`` runs the GRU on a zero token sequence instead (the feature then carries
