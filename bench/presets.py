@@ -71,9 +71,9 @@ SYNTHETIC = {"adni": "synthetic-adni", "mimic": "synthetic-mimic"}
 
 #: Data-set options of the ``quick`` profile: synthetic cohorts at a tenth of their size
 #: (238 ADNI patients, 400 MIMIC-IV admissions). At full size the quick grid costs about
-#: 3 CPU-hours — MulT, FuseMoE and I2MoE take 0.5–4 s per step at IGCB — so a tenth keeps
-#: the whole paper near 20 minutes on a 2-core CPU, at the price of noisy test sets
-#: (about 22 ADNI IGCB patients): a smoke test of the pipeline, not a ranking.
+#: 3 CPU-hours — MulT, FuseMoE and I2MoE take 0.5–4 s per step at IGCB — so a tenth cuts it
+#: about tenfold, at the price of noisy test sets (about 22 ADNI IGCB patients): a smoke
+#: test of the pipeline, not a ranking.
 QUICK_DATA_OPTIONS: dict[str, dict[str, Any]] = {
     "synthetic-adni": {"scale": 0.1},
     "synthetic-mimic": {"scale": 0.1},

@@ -92,8 +92,8 @@ def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "
                                                        .items()))
     data = ac.dataset.name + (f" ({options})" if options else "")
     if profile == "quick" and ac.dataset.name in QUICK_DATA_OPTIONS:
-        data += (" — the quick profile trains on a smaller synthetic cohort so that the whole "
-                 "paper runs in about 20 minutes on a CPU; a smoke test, not a ranking")
+        data += (" — the quick profile trains on a tenth of the synthetic cohort to keep the "
+                 "whole paper within CPU minutes; a smoke test, not a ranking")
     if ac.dataset.note:
         data += f" — {ac.dataset.note}"
     seeds = sorted({int(s) for s in (ok["seed"] if len(ok) else frame["seed"].dropna())})
