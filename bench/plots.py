@@ -28,8 +28,9 @@ logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
 def palette(names: list[str]) -> dict[str, tuple[float, float, float]]:
-    """A colour per name from the colour-blind-safe palette (it has 10; markers also differ)."""
-    colours = sns.color_palette("colorblind", 10)
+    """A colour per name from the colour-blind-safe palette (10 colours, then dark grey for
+    the paper's 10 models plus I2MoE; markers also differ)."""
+    colours = [*sns.color_palette("colorblind", 10), (0.25, 0.25, 0.25)]
     return {n: colours[i % len(colours)] for i, n in enumerate(names)}
 
 

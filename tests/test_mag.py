@@ -7,9 +7,9 @@ import torch
 
 from baselines.mag import MAGGate
 from bench.complexity import count_params
-from bench.data.core import Batch, combinations
+from bench.data.core import combinations
 from bench.registry import create_model, resolve_hparams
-from tests.conftest import spec_of
+from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1}
 
@@ -64,16 +64,12 @@ def test_zero_anchor_gives_alpha_zero():
 
 
 def test_missing_anchor_discards_the_auxiliaries():
-    widths = {"A": 10, "B": 7, "C": 5}
-    model = create_model("mag", spec_of(widths, family="custom"), **SMALL).eval()
+    spec = spec_of({"A": 10, "B": 7, "C": 5}, family="custom")
+    model = create_model("mag", spec, **SMALL).eval()
     assert model.anchor == "A"
-    g = torch.Generator().manual_seed(0)
-    x = {c: torch.randn(2, w, generator=g) for c, w in widths.items()}
-    zeros = torch.zeros(2, dtype=torch.long)
     for anchor_seen in (True, False):
-        observed = torch.tensor([[anchor_seen, True, True]] * 2)
-        logits, _ = model(Batch(x, observed, zeros, zeros))
-        # the two samples differ in A (masked when missing), B and C
+        # the two samples differ in every observed feature (B and C, and A when seen)
+        logits, _ = model(batch_of(spec, [[anchor_seen, True, True]] * 2))
         assert torch.allclose(logits[0], logits[1]) != anchor_seen
 
 

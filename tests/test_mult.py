@@ -8,16 +8,9 @@ import torch
 from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
-from tests.conftest import spec_of
+from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1}
-
-
-def _batch(widths: dict[str, int], n: int = 3, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    x = {c: torch.randn(n, w, generator=g) for c, w in widths.items()}
-    return Batch(x, torch.ones(n, len(widths), dtype=torch.bool),
-                 torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
 
 
 def test_exact_parameter_count_three_modalities():
@@ -34,9 +27,9 @@ def test_exact_parameter_count_three_modalities():
 
 
 def test_target_state_depends_on_other_modalities_through_cross_modal_blocks():
-    widths = {"A": 10, "B": 7, "C": 5}
-    model = create_model("mult", spec_of(widths), **SMALL).eval()
-    batch = _batch(widths)
+    spec = spec_of({"A": 10, "B": 7, "C": 5})
+    model = create_model("mult", spec, **SMALL).eval()
+    batch = batch_of(spec, [[True] * 3] * 3)
     width = model.num_sources * 8  # one target's slice of the concatenated states
     base = model.target_states(batch)
     for c in "BC":
@@ -83,10 +76,10 @@ def test_padding_position_quirk_leaves_zero_tokens_without_position():
 
 
 def test_include_self_widens_each_target():
-    widths = {"A": 10, "B": 7, "C": 5}
-    batch = _batch(widths)
+    spec = spec_of({"A": 10, "B": 7, "C": 5})
+    batch = batch_of(spec, [[True] * 3] * 3)
     for include_self, sources in ((False, 2), (True, 3)):
-        model = create_model("mult", spec_of(widths), include_self=include_self, **SMALL)
+        model = create_model("mult", spec, include_self=include_self, **SMALL)
         assert model.target_states(batch).shape == (3, 3 * sources * 8)
 
 
