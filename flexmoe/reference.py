@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from bench.blocks import Dropout
 from bench.data.core import Batch, RunData
 from flexmoe.model import FlexMoE, SparseFusionLayer
 from flexmoe.moe import Experts, GateOutput, SparseMoE
@@ -84,12 +85,23 @@ class PerModalityFusionLayer(SparseFusionLayer):
         return x + self.drop(torch.cat(outs, dim=1)), stacked
 
 
+def _torch_dropouts(module: nn.Module) -> None:
+    """Swap the suite's fast-mask dropouts for ``nn.Dropout``, which the released code uses."""
+    for name, child in module.named_children():
+        if isinstance(child, Dropout):
+            setattr(module, name, nn.Dropout(child.p))
+        else:
+            _torch_dropouts(child)
+
+
 def official_design(model: FlexMoE) -> FlexMoE:
-    """A copy of ``model`` whose sparse layers run per modality with a per-expert loop."""
+    """A copy of ``model`` whose sparse layers run per modality with a per-expert loop and
+    whose dropouts are ``nn.Dropout``."""
     ref = copy.deepcopy(model)
     for i, layer in enumerate(ref.layers):
         if isinstance(layer, SparseFusionLayer):
             ref.layers[i] = PerModalityFusionLayer(layer)
+    _torch_dropouts(ref)
     return ref
 
 
