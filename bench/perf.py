@@ -7,7 +7,7 @@ time per epoch, the training FLOPs of one step (forward + backward, counted by
 dense-matmul FLOP rate, measured in the same run. A step's time includes fetching its batch.
 With ``official=True`` it also times the released code's design (per-sample ``DataLoader``,
 MoE called per modality, experts in a Python loop; ``flexmoe.reference``) on the same weights
-and hyper-parameters, and reports the speed-up.
+and hyper-parameters, alternating blocks of steps between the two, and reports the speed-up.
 """
 
 from __future__ import annotations
@@ -77,17 +77,31 @@ def train_flops(model, batch, weight) -> int:
 
 
 def _time_steps(model, optimizer, batches: Iterator, weight, device: torch.device,
-                steps: int, warmup: int) -> list[float]:
-    """Seconds per training step (batch fetch included) for ``steps`` steps after ``warmup``."""
+                steps: int) -> list[float]:
+    """Seconds per training step (batch fetch included) for ``steps`` steps."""
     times = []
-    for i in range(warmup + steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
         batch = next(batches)
         train_step(model, batch, optimizer, weight)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _time_interleaved(runs: list[tuple], device: torch.device, steps: int, warmup: int,
+                      block: int = 10) -> list[list[float]]:
+    """Step times of several (model, optimizer, batches, weight) set-ups, timed in alternating
+    blocks of ``block`` steps after ``warmup`` untimed steps each, so that a drift in machine
+    load during the measurement affects every set-up alike."""
+    for model, optimizer, batches, weight in runs:
+        _time_steps(model, optimizer, batches, weight, device, warmup)
+    times: list[list[float]] = [[] for _ in runs]
+    while len(times[0]) < steps:
+        n = min(block, steps - len(times[0]))
+        for run_times, (model, optimizer, batches, weight) in zip(times, runs):
+            run_times += _time_steps(model, optimizer, batches, weight, device, n)
     return times
 
 
@@ -118,16 +132,15 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
     generator = torch.Generator().manual_seed(seed)
     stream = _forever(lambda: data.batches("train", batch_size, "shuffle", generator))
     optimizer = make_adam(model, hp["lr"], hp.get("weight_decay", 0.0))
-    times = _time_steps(model, optimizer, stream, weight, dev, steps, warmup)
-    official_median = None
+    runs = [(model, optimizer, stream, weight)]
     if reference is not None:
         loader: Iterable = per_sample_loader(data, batch_size, seed)
         # the released code's optimiser: plain torch.optim.Adam (not fused)
         ref_optimizer = torch.optim.Adam(reference.parameters(), lr=hp["lr"],
                                          weight_decay=hp.get("weight_decay", 0.0))
-        ref_times = _time_steps(reference, ref_optimizer, _forever(lambda: loader), weight, dev,
-                                steps, warmup)
-        official_median = statistics.median(ref_times) * 1e3
+        runs.append((reference, ref_optimizer, _forever(lambda: loader), weight))
+    times, *ref_times = _time_interleaved(runs, dev, steps, warmup)
+    official_median = statistics.median(ref_times[0]) * 1e3 if ref_times else None
     flops = train_flops(model, next(stream), weight)
     peak = matmul_rate(dev)
     mean = statistics.fmean(times)

@@ -1,7 +1,9 @@
 """Flex-MoE laid out as the released code runs it: the baseline of the speed comparison.
 
-The released code (MODELS.md §1) feeds samples through a per-sample ``DataLoader``, calls the
-MoE once per modality chunk, and runs the experts one after another. This module rebuilds
+The released code (MODELS.md §1) feeds samples through a per-sample ``DataLoader``, assembles
+each modality's tokens by boolean-mask assignment, calls the MoE once per modality chunk (its
+gate computing a router loss per call), runs the experts one after another, uses
+``nn.Dropout`` and the default ``torch.optim.Adam``. This module rebuilds
 that design around a trained-or-fresh :class:`~flexmoe.model.FlexMoE`, sharing its weights, so
 ``run_bench.py perf --compare-official`` times both at identical hyper-parameters and
 computation: with the same weights and routing the two give the same outputs (tested).
@@ -19,6 +21,7 @@ from bench.blocks import Dropout
 from bench.data.core import Batch, RunData
 from flexmoe.model import FlexMoE, SparseFusionLayer
 from flexmoe.moe import Experts, GateOutput, SparseMoE
+from flexmoe.router import flexmoe_router_loss
 
 
 class LoopExperts(nn.Module):
@@ -72,17 +75,44 @@ class PerModalityFusionLayer(SparseFusionLayer):
             layer.norm1, layer.attn, layer.norm2, layer.drop)
         self.mlp = LoopMoE(layer.mlp)
 
-    def forward(self, x: Tensor, num_modalities: int) -> tuple[Tensor, GateOutput]:
+    def forward(self, x: Tensor, num_modalities: int) -> tuple[Tensor, list[GateOutput]]:
         x = self.attend(x)
         outs, gates = [], []
         for chunk in self.norm2(x).chunk(num_modalities, dim=1):
             y, gate = self.mlp(chunk.reshape(-1, chunk.shape[-1]))
             outs.append(y.view_as(chunk))
             gates.append(gate)
-        # stacked modality-major, the layout the vectorised router loss reads
-        stacked = GateOutput(*(None if parts[0] is None else torch.cat(parts)
-                               for parts in zip(*gates)))
-        return x + self.drop(torch.cat(outs, dim=1)), stacked
+        return x + self.drop(torch.cat(outs, dim=1)), gates
+
+
+class OfficialDesignFlexMoE(FlexMoE):
+    """Flex-MoE's computation in the released code's order of work.
+
+    Each modality's tokens are written into a zero tensor by boolean-mask assignment (encoder
+    output for observed rows, bank blocks for the others), and each MoE call's gate computes
+    its own router loss, as the released gate does inside every call.
+    """
+
+    def embed(self, batch: Batch) -> Tensor:
+        b, p, h = batch.observed.shape[0], self.num_patches, self.pos_embed.shape[-1]
+        blocks = []
+        for j, c in enumerate(self.spec.letters):
+            mask = batch.observed[:, j]
+            tokens = torch.zeros(b, p, h, device=batch.observed.device)
+            if mask.sum() > 0:
+                tokens[mask] = self.tokenizer.encoders[c](batch.x[c][mask])
+            if (~mask).sum() > 0 and self.bank is not None:
+                combo = batch.combo[~mask].clamp(min=0)
+                tokens[~mask] = self.bank[combo, self.global_index[j]]
+            blocks.append(tokens)
+        return torch.cat(blocks, dim=1) + self.pos_embed
+
+    def router_loss(self, gate: GateOutput | list[GateOutput], combo: Tensor) -> Tensor:
+        if isinstance(gate, GateOutput):
+            return super().router_loss(gate, combo)
+        token_combo = combo.repeat_interleave(self.num_patches)
+        return sum(flexmoe_router_loss(g, token_combo, self.specialize, self.generalize,
+                                       self.exclude_top1) for g in gate)
 
 
 def _torch_dropouts(module: nn.Module) -> None:
@@ -95,9 +125,11 @@ def _torch_dropouts(module: nn.Module) -> None:
 
 
 def official_design(model: FlexMoE) -> FlexMoE:
-    """A copy of ``model`` whose sparse layers run per modality with a per-expert loop and
-    whose dropouts are ``nn.Dropout``."""
+    """A copy of ``model`` (same weights) laid out as the released code: boolean-mask token
+    assembly, sparse layers run per modality with a per-expert loop and a router loss per
+    call, ``nn.Dropout``."""
     ref = copy.deepcopy(model)
+    ref.__class__ = OfficialDesignFlexMoE  # same modules and state, the released order of work
     for i, layer in enumerate(ref.layers):
         if isinstance(layer, SparseFusionLayer):
             ref.layers[i] = PerModalityFusionLayer(layer)

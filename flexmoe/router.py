@@ -65,27 +65,28 @@ def flexmoe_router_loss(
             f"token_combo must be an integer tensor of shape ({n},) for {groups} group(s) of "
             f"{rows} tokens, got {token_combo.dtype} {tuple(token_combo.shape)}"
         )
-    if n and (int(token_combo.min()) < 0 or int(token_combo.max()) >= e):
-        raise ValueError(
-            f"combination indices must lie in [0, {e}) (num_experts={e} must exceed the largest "
-            f"combination index), got min {int(token_combo.min())}, max {int(token_combo.max())}"
-        )
-    importance = gate_output.importance.view(groups, n, e)
-    load = gate_output.load.view(groups, n, e)
-
-    def balance(imp: Tensor, ld: Tensor) -> Tensor:
-        return (cv_squared(imp.sum(1)) + cv_squared(ld.sum(1))).sum()
-
-    partial = token_combo != 0
-    if not specialize or not bool(partial.any()):
-        return balance(importance, load)
-    target = token_combo[partial]
-    noisy = gate_output.noisy.view(groups, n, e)[:, partial]
-    # each group's mean over its (equally many) partial tokens, summed over groups
-    loss = groups * F.cross_entropy(noisy.reshape(-1, e), target.repeat(groups))
-    loss = loss + balance(importance[:, ~partial], load[:, ~partial])
-    imp_p, load_p = importance[:, partial], load[:, partial]
-    if not exclude_top1:
-        return loss + balance(imp_p[..., 1:], load_p[..., 1:])
-    keep = torch.ones_like(imp_p[0]).scatter(1, target.unsqueeze(1), 0.0)
-    return loss + balance(imp_p * keep, load_p * keep)
+    if n:
+        low, high = (int(v) for v in torch.aminmax(token_combo))
+        if low < 0 or high >= e:
+            raise ValueError(
+                f"combination indices must lie in [0, {e}) (num_experts={e} must exceed the "
+                f"largest combination index), got min {low}, max {high}"
+            )
+    # importance and load of every token: [groups, 2, n, E]
+    stats = torch.stack([gate_output.importance.view(groups, n, e),
+                         gate_output.load.view(groups, n, e)], dim=1)
+    if not specialize:
+        return cv_squared(stats.sum(2)).sum()
+    # token subsets as 0/1 weights instead of boolean indexing: one matmul sums both subsets,
+    # and an empty subset gives zero sums, whose cv² is 0 (no branch on the batch composition)
+    partial = (token_combo != 0).to(stats.dtype)
+    full_sums = (1.0 - partial) @ stats  # [groups, 2, E]
+    loss = cv_squared(full_sums).sum()
+    if exclude_top1:
+        weight = partial.unsqueeze(1) * (1.0 - F.one_hot(token_combo, e).to(stats.dtype))
+        loss = loss + cv_squared((stats * weight).sum(2)).sum()
+    else:
+        loss = loss + cv_squared((partial @ stats)[..., 1:]).sum()
+    # each group's mean cross-entropy over its (equally many) partial tokens, summed over groups
+    ce = F.cross_entropy(gate_output.noisy, token_combo.repeat(groups), reduction="none")
+    return loss + (ce.view(groups, n) * partial).sum() / partial.sum().clamp(min=1.0)
