@@ -187,3 +187,19 @@ def test_top1_of_non_full_tokens_moves_to_the_combination_expert_during_training
             break
     after = specialisation(model, data)
     assert before < 0.1 < 0.5 < after, (before, after)
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(adni):
+    """Routing is per token and noise-free in eval, so CPU's smaller default eval batches
+    give the predictions of one large batch."""
+    from bench.train import eval_batch_size_for, predict, seed_everything
+
+    data = adni.restrict("IGCB")
+    seed_everything(0)
+    model = create_model("flexmoe", data.spec)
+    assert eval_batch_size_for(data.device) == 64 < data.splits["val"].numel()
+    probs, labels = predict(model, data, "val")
+    probs_one_batch, labels_one_batch = predict(model, data, "val", batch_size=1024)
+    torch.testing.assert_close(torch.from_numpy(probs), torch.from_numpy(probs_one_batch),
+                               rtol=1e-4, atol=1e-5)
+    assert (labels == labels_one_batch).all()
