@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import MISSING_FILLS, Dropout, ModalityTokenizer, encode_observed
+from bench.blocks import Dropout, ModalityTokenizer, check_missing_fill, encode_observed
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -52,10 +52,8 @@ class Lee2019(BenchModel):
                  num_layers: int = 1, dropout: float = 0.5,
                  missing_fill: str = "zero_embed") -> None:
         super().__init__(spec)
-        if missing_fill not in MISSING_FILLS:
-            raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
         self.hidden = hidden
-        self.missing_fill = missing_fill
+        self.missing_fill = check_missing_fill(missing_fill)
         self.tokenizer = ModalityTokenizer(spec, num_patches, hidden)
         self.grus = nn.ModuleDict({
             c: LastHiddenGRU(hidden, hidden, num_layers) for c in spec.letters})

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import MISSING_FILLS, Dropout, encode_observed, mlp_head
+from bench.blocks import Dropout, check_missing_fill, encode_observed, mlp_head
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -113,11 +113,9 @@ class Venugopalan2021(BenchModel):
                  dropout: float = 0.5, noise: float = 0.2, lambda_rec: float = 0.1,
                  missing_fill: str = "zero_embed") -> None:
         super().__init__(spec)
-        if missing_fill not in MISSING_FILLS:
-            raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
         self.hidden = hidden
         self.lambda_rec = lambda_rec
-        self.missing_fill = missing_fill
+        self.missing_fill = check_missing_fill(missing_fill)
         self.encoders = nn.ModuleDict({
             m.letter: SDAE(m.num_features, hidden, tuple(sdae_dims), dropout, noise)
             for m in spec.modalities})

@@ -17,6 +17,13 @@ from bench.data.core import Batch, DataSpec
 MISSING_FILLS = ("zero_embed", "zero_input")
 
 
+def check_missing_fill(missing_fill: str) -> str:
+    """``missing_fill`` if it names one of :data:`MISSING_FILLS`, else a ValueError."""
+    if missing_fill not in MISSING_FILLS:
+        raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
+    return missing_fill
+
+
 class PatchEmbeddings(nn.Module):
     """Split a feature vector into ``num_patches`` equal chunks and embed each with one Linear.
 
@@ -43,10 +50,8 @@ def encode_observed(encoder: nn.Module, x: Tensor, observed: Tensor, out_shape: 
     ``zero_embed`` zeroes the encoder output of missing rows (the encoder never sees them);
     ``zero_input`` feeds zeros for missing rows, so they carry the encoder's bias.
     """
-    if missing_fill == "zero_input":
+    if check_missing_fill(missing_fill) == "zero_input":
         return encoder(torch.where(observed.view(-1, *([1] * (x.dim() - 1))), x, 0.0))
-    if missing_fill != "zero_embed":
-        raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
     if bool(observed.all()):
         return encoder(x)
     rows = observed.nonzero().squeeze(1)
@@ -62,11 +67,9 @@ class ModalityTokenizer(nn.Module):
     def __init__(self, spec: DataSpec, num_patches: int = 16, hidden: int = 128,
                  missing_fill: str = "zero_embed") -> None:
         super().__init__()
-        if missing_fill not in MISSING_FILLS:
-            raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
         self.letters = spec.letters
         self.out_shape = (num_patches, hidden)
-        self.missing_fill = missing_fill
+        self.missing_fill = check_missing_fill(missing_fill)
         self.encoders = nn.ModuleDict({
             m.letter: PatchEmbeddings(m.num_features, num_patches, hidden)
             for m in spec.modalities

@@ -107,9 +107,9 @@ class OfficialDesignFlexMoE(FlexMoE):
             blocks.append(tokens)
         return torch.cat(blocks, dim=1) + self.pos_embed
 
-    def router_loss(self, gate: GateOutput | list[GateOutput], combo: Tensor) -> Tensor:
-        if isinstance(gate, GateOutput):
-            return super().router_loss(gate, combo)
+    def router_loss(self, gate: list[GateOutput], combo: Tensor) -> Tensor:
+        """Σ of the per-call losses of one :class:`PerModalityFusionLayer` (every sparse layer
+        of the copy is one)."""
         token_combo = combo.repeat_interleave(self.num_patches)
         return sum(flexmoe_router_loss(g, token_combo, self.specialize, self.generalize,
                                        self.exclude_top1) for g in gate)
