@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.blocks import Dropout, ModalityTokenizer
+from bench.blocks import Dropout, ModalityTokenizer, attend_heads
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -126,13 +126,7 @@ class StackedEncoderLayer(nn.Module):
         n, b, tq, d = q.shape
         q, k, v = (t.reshape(n * b, t.shape[2], self.num_heads, -1).transpose(1, 2)
                    for t in (q, k, v))
-        if self.training and self.attn_drop.p > 0:
-            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            a = self.attn_drop(torch.softmax(scores, dim=-1)) @ v
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        a = attend_heads(q, k, v, self.attn_drop, mask)
         return a.transpose(1, 2).reshape(n, b, tq, d)
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None,

@@ -139,6 +139,21 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def attend_heads(q: Tensor, k: Tensor, v: Tensor, attn_drop: Dropout | nn.Dropout,
+                 mask: Tensor | None = None) -> Tensor:
+    """softmax(q·kᵀ/√d)·v over ``[..., heads, T, d]``; ``mask`` True = may attend.
+
+    While training with attention dropout the softmax is explicit, so the dropout of the
+    attention weights uses :class:`Dropout`'s fast mask; otherwise the fused kernel runs.
+    """
+    if attn_drop.training and attn_drop.p > 0:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return attn_drop(torch.softmax(scores, dim=-1)) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with separate q and kv projections (no bias), as Flex-MoE's."""
 
@@ -157,12 +172,7 @@ class Attention(nn.Module):
         b, n, h = x.shape
         q = self.q(x).view(b, n, self.num_heads, -1).transpose(1, 2)
         k, v = self.kv(x).view(b, n, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        if self.training and self.attn_drop.p > 0:
-            # explicit softmax so the attention-weight dropout uses the fast mask
-            weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
-            a = self.attn_drop(weights) @ v
-        else:
-            a = F.scaled_dot_product_attention(q, k, v)
+        a = attend_heads(q, k, v, self.attn_drop)
         return self.proj_drop(self.proj(a.transpose(1, 2).reshape(b, n, h)))
 
 
