@@ -61,21 +61,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import Attention, Dropout, ModalityTokenizer
+from bench.blocks import Attention, Dropout, MissingFill, ModalityTokenizer
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
 from flexmoe.moe import Experts, GateOutput, NoisyTopKGate, SparseMoE, balance_loss, dispatch
 
-ROUTER_TYPES = ("permod", "joint")
-EXPERT_INITS = ("linear", "fastmoe")
-HEADS = ("linear", "residual")
-COMBINES = ("logmix", "sum")
+RouterType = Literal["permod", "joint"]
+ExpertInit = Literal["linear", "fastmoe"]
+Head = Literal["linear", "residual"]
+Combine = Literal["logmix", "sum"]
+GateLogits = Literal["laplace", "dot"]
+ROUTER_TYPES, EXPERT_INITS = get_args(RouterType), get_args(ExpertInit)
+HEADS, COMBINES = get_args(Head), get_args(Combine)
 
 
 def linear_init_(experts: Experts) -> None:
@@ -186,10 +189,10 @@ class FuseMoE(BenchModel):
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  num_experts: int = 16, top_k: int = 4, expert_hidden: int = 512,
                  num_heads: int = 8, num_layers: int = 1, dropout: float = 0.1,
-                 router_type: str = "permod", logits: str = "laplace", noisy: bool = True,
-                 combine: str = "logmix", balance_weight: float = 0.01,
-                 expert_init: str = "linear", skip_missing_moe: bool = False,
-                 head: str = "linear", missing_fill: str = "zero_embed") -> None:
+                 router_type: RouterType = "permod", logits: GateLogits = "laplace",
+                 noisy: bool = True, combine: Combine = "logmix", balance_weight: float = 0.01,
+                 expert_init: ExpertInit = "linear", skip_missing_moe: bool = False,
+                 head: Head = "linear", missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         if router_type not in ROUTER_TYPES:
             raise ValueError(f"router_type must be one of {ROUTER_TYPES}, got {router_type!r}")

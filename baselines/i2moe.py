@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.blocks import ModalityTokenizer, TransformerBlock, mlp_head
+from bench.blocks import AttnResidual, MissingFill, ModalityTokenizer, TransformerBlock, mlp_head
 from bench.data.core import Batch, DataSpec
 from bench.model import SHARED_TRAINING, BenchModel
 from bench.registry import register_model
@@ -156,11 +156,12 @@ class I2MoE(BenchModel):
 
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  num_heads: int = 4, num_layers: int = 2, dropout: float = 0.5,
-                 attn_residual: str = "official", hidden_rw: int = 256, num_layers_rw: int = 3,
+                 attn_residual: AttnResidual = "official", hidden_rw: int = 256,
+                 num_layers_rw: int = 3,
                  dropout_rw: float = 0.5, temperature: float = 1.0,
                  interaction_loss_weight: float = 0.01, fusion_sparse: bool = False,
                  num_experts: int = 16, top_k: int = 4, gate_loss_weight: float = 0.01,
-                 missing_fill: str = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         m = spec.num_modalities
         self.temperature = temperature

@@ -27,7 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import Dropout, ModalityTokenizer, check_missing_fill, encode_observed
+from bench.blocks import (
+    Dropout,
+    MissingFill,
+    ModalityTokenizer,
+    check_missing_fill,
+    encode_observed,
+)
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -50,7 +56,7 @@ class Lee2019(BenchModel):
 
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  num_layers: int = 1, dropout: float = 0.5,
-                 missing_fill: str = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         self.hidden = hidden
         self.missing_fill = check_missing_fill(missing_fill)

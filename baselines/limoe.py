@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import ModalityTokenizer, TransformerBlock
+from bench.blocks import MissingFill, ModalityTokenizer, TransformerBlock
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -98,7 +98,7 @@ class LIMoE(BenchModel):
                  moe_every: int = 2, mlp_ratio: int = 4, dropout: float = 0.5,
                  noisy: bool = False, w_local: float = 0.01, w_global: float = 0.01,
                  tau: float | None = None, w_balance: float = 0.005,
-                 missing_fill: str = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         if moe_every < 1 or num_layers < moe_every:
             raise ValueError(f"num_layers={num_layers} must be ≥ moe_every={moe_every} ≥ 1 "

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import Dropout, ModalityTokenizer, TransformerBlock
+from bench.blocks import Dropout, MissingFill, ModalityTokenizer, TransformerBlock
 from bench.data.core import Batch, DataSpec
 from bench.model import SHARED_TRAINING, BenchModel
 from bench.registry import register_model
@@ -90,7 +90,7 @@ class MAG(BenchModel):
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  num_heads: int = 4, num_layers: int = 2, mlp_ratio: int = 2,
                  dropout: float = 0.5, beta_shift: float = 1.0, anchor: str | None = None,
-                 pos_embed: bool = True, missing_fill: str = "zero_embed") -> None:
+                 pos_embed: bool = True, missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         self.anchor = default_anchor(spec) if anchor is None else anchor
         if self.anchor not in spec.letters:

@@ -45,18 +45,19 @@ batched matmul; the M memory transformers are batched the same way.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.blocks import Dropout, ModalityTokenizer, attend_heads
+from bench.blocks import Dropout, MissingFill, ModalityTokenizer, attend_heads
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
 
-POOLS = ("last", "mean")
+Pool = Literal["last", "mean"]
+POOLS = get_args(Pool)
 
 
 class StackedLinear(nn.Module):
@@ -207,7 +208,7 @@ class MulT(BenchModel):
                  out_dropout: float = 0.0, embed_dropout: float = 0.25,
                  token_dropout: float = 0.0, attn_mask: bool = False,
                  padding_positions: bool = False, include_self: bool = False,
-                 pool: str = "last", missing_fill: str = "zero_embed") -> None:
+                 pool: Pool = "last", missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         m = spec.num_modalities
         if m < 2:

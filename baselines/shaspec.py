@@ -42,20 +42,21 @@ Choices (MODELS.md §7; source read: billhhh/ShaSpec ``DualNet_SS.py``, ``train_
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.blocks import Mlp, ModalityTokenizer, TransformerBlock, encode_observed
+from bench.blocks import MissingFill, Mlp, ModalityTokenizer, TransformerBlock, encode_observed
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
 
-ENCODERS = ("transformer", "mlp")
-MISSING_SOURCES = ("first", "mean")
-SCOPES = ("observed", "all")
+Encoder = Literal["transformer", "mlp"]
+MissingSource = Literal["first", "mean"]
+Scope = Literal["observed", "all"]
+ENCODERS, MISSING_SOURCES, SCOPES = get_args(Encoder), get_args(MissingSource), get_args(Scope)
 
 
 def cycle_pairs(num_modalities: int) -> list[tuple[int, int]]:
@@ -97,11 +98,11 @@ class ShaSpec(BenchModel):
     """Shared + specific encoders, shared compositional layer, shared-feature substitution."""
 
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
-                 encoder: str = "transformer", num_heads: int = 4, mlp_ratio: int = 2,
+                 encoder: Encoder = "transformer", num_heads: int = 4, mlp_ratio: int = 2,
                  dropout: float = 0.5, alpha: float = 0.1, beta: float = 0.02,
-                 missing_source: str = "first", shared_pairs: str = "observed",
-                 spec_scope: str = "observed", random_drop: float = 0.0,
-                 missing_fill: str = "zero_embed") -> None:
+                 missing_source: MissingSource = "first", shared_pairs: Scope = "observed",
+                 spec_scope: Scope = "observed", random_drop: float = 0.0,
+                 missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         _check("missing_source", missing_source, MISSING_SOURCES)
         _check("shared_pairs", shared_pairs, SCOPES)

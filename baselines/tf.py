@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import Dropout, ModalityTokenizer, encode_observed
+from bench.blocks import Dropout, MissingFill, ModalityTokenizer, encode_observed
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -59,7 +59,7 @@ class TensorFusion(BenchModel):
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  subnet_dim: int = 16, post_fusion_dim: int = 128, dropout: float = 0.5,
                  post_fusion_dropout: float = 0.5, batchnorm: bool = False,
-                 missing_fill: str = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         self.missing_fill = missing_fill
         self.tokenizer = ModalityTokenizer(spec, num_patches, hidden, missing_fill)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import Dropout, check_missing_fill, encode_observed, mlp_head
+from bench.blocks import Dropout, MissingFill, check_missing_fill, encode_observed, mlp_head
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -111,7 +111,7 @@ class Venugopalan2021(BenchModel):
 
     def __init__(self, spec: DataSpec, hidden: int = 128, sdae_dims: tuple[int, ...] = (512, 256),
                  dropout: float = 0.5, noise: float = 0.2, lambda_rec: float = 0.1,
-                 missing_fill: str = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__(spec)
         self.hidden = hidden
         self.lambda_rec = lambda_rec

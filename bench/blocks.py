@@ -7,6 +7,7 @@ dense transformer layer" means exactly the same module (MODELS.md §0.1, §1.2).
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,11 @@ from torch import Tensor, nn
 
 from bench.data.core import Batch, DataSpec
 
-MISSING_FILLS = ("zero_embed", "zero_input")
+#: How a model without its own missing-modality mechanism fills a missing modality.
+MissingFill = Literal["zero_embed", "zero_input"]
+MISSING_FILLS: tuple[str, ...] = get_args(MissingFill)
+#: ``official``: ``a + Dropout(a)`` as the released Flex-MoE code; ``standard``: ``x + Dropout(a)``.
+AttnResidual = Literal["official", "standard"]
 
 
 def check_missing_fill(missing_fill: str) -> str:
@@ -44,7 +49,7 @@ class PatchEmbeddings(nn.Module):
 
 
 def encode_observed(encoder: nn.Module, x: Tensor, observed: Tensor, out_shape: tuple[int, ...],
-                    missing_fill: str = "zero_embed") -> Tensor:
+                    missing_fill: MissingFill = "zero_embed") -> Tensor:
     """Run ``encoder`` on the observed rows only; missing rows get zeros.
 
     ``zero_embed`` zeroes the encoder output of missing rows (the encoder never sees them);
@@ -65,7 +70,7 @@ class ModalityTokenizer(nn.Module):
     """One :class:`PatchEmbeddings` per run modality → tokens ``[B, P, H]`` per letter."""
 
     def __init__(self, spec: DataSpec, num_patches: int = 16, hidden: int = 128,
-                 missing_fill: str = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed") -> None:
         super().__init__()
         self.letters = spec.letters
         self.out_shape = (num_patches, hidden)
@@ -197,7 +202,7 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: int = 2, dropout: float = 0.0,
-                 attn_residual: str = "standard", mlp: nn.Module | None = None) -> None:
+                 attn_residual: AttnResidual = "standard", mlp: nn.Module | None = None) -> None:
         super().__init__()
         if attn_residual not in ("official", "standard"):
             raise ValueError("attn_residual must be 'official' or 'standard', "

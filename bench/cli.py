@@ -35,7 +35,7 @@ def _assignments(items: list[str], option: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"error: {option} expects key=value, got {item!r}")
+            raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -44,17 +44,29 @@ def _assignments(items: list[str], option: str) -> dict[str, Any]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other configuration error here."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(option: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{option} must be at least 1, got {value}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first so the models it registers join (repeatable)")
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (per-epoch lines)")
-    store = argparse.ArgumentParser(add_help=False)
+    store = _Parser(add_help=False)
     store.add_argument("--store", type=Path, default=None,
                        help=f"results store (default: $FLEXMOE_BENCH_STORE or ./{DEFAULT_STORE})")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flexmoe-bench", description="Flex-MoE and multimodal baselines under missing "
         "modalities: train grids, store results, render tables.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, default=None,
                      help="comma-separated seeds (default: quick 0, paper 0,1,2)")
     run.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                     help="quick: 3 epochs (default); paper: each model's paper settings")
+                     help="; ".join(f"{p.name}: {p.describe()}" for p in PROFILES.values())
+                     + " (default: quick)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a hyper-parameter of every model, e.g. lr=0.001 (repeatable)")
     run.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
@@ -123,13 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--profile", default=None, help="profile (default: of the latest run)")
     table.add_argument("--format", choices=["markdown", "csv"], default="markdown")
 
-    paper = argparse.ArgumentParser(add_help=False)
+    paper = _Parser(add_help=False)
     paper.add_argument("--dataset", action="append", default=[], metavar="NAME",
                        help="data set for the tables of its family (repeatable; default: adni "
                        "/ mimic when configured, else synthetic-adni / synthetic-mimic)")
     paper.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                       help="quick: 3 epochs, seed 0, smaller synthetic cohorts (default); "
-                       "paper: the paper's settings and seeds 0,1,2")
+                       help="; ".join(f"{p.name}: {p.describe()}" for p in PROFILES.values())
+                       + " (default: quick)")
     paper.add_argument("--seeds", type=_seeds, default=None, help="override the profile's seeds")
     paper.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
@@ -170,47 +183,46 @@ def _print_table(store_path: Path | None, metric: str, dataset: str | None = Non
     if fmt == "markdown":
         print(f"\n{metric} (%, mean ± std over seeds {seeds}) on {dataset}, profile {profile}\n")
     print(render(pivot(runs, metric), fmt))
-    failed = df[(df["status"] == "failed") & (df["dataset"] == dataset)]
-    if keys is not None and not failed.empty:
-        print(f"\n{len(failed)} run(s) failed:")
-        for _, r in failed.iterrows():
-            print(f"  {r['model']} {r['combo']} seed {r['seed']}: {r['error']}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.presets import QUICK_DATA_OPTIONS
-    from bench.runner import build_grid, cell_records, run_grid
+    from bench.config import build_grid
+    from bench.runner import resolve_device, run_grid
 
+    _positive("--jobs", args.jobs)
+    resolve_device(args.device)
     models = (registry.list_models(variants=False) if args.models == "all"
               else _csv(args.models))
-    for m in models:
-        registry.model_class(m)
-    data_options = _assignments(args.data_option, "--data-option")
-    if args.profile == "quick" and not data_options and args.dataset in QUICK_DATA_OPTIONS:
-        # the quick profile's synthetic cohorts, as reproduce uses them (see bench.presets)
-        data_options = dict(QUICK_DATA_OPTIONS[args.dataset])
-        logger.info("quick profile: %s with %s (pass --data-option to change)", args.dataset,
-                    data_options)
-    cells = build_grid(models, args.dataset, _csv(args.combos) if args.combos else None,
-                       args.seeds, args.profile, _assignments(args.overrides, "--set"),
-                       data_options, args.split_seed, args.plugin)
+    cells = build_grid(models, args.dataset,
+                       _csv(args.combos) if args.combos is not None else None, args.seeds,
+                       args.profile, _assignments(args.overrides, "--set"),
+                       _assignments(args.data_option, "--data-option"), args.split_seed,
+                       args.plugin)
     if args.dry_run:
-        for rec in cell_records(cells):
-            print(json.dumps(rec, sort_keys=True))
+        for cell in cells:
+            print(json.dumps(cell.record(), sort_keys=True))
         return 0
     with ResultStore(args.store) as store:
         logger.info("%d run(s): %s on %s, combinations %s, seeds %s, profile %s → %s",
-                    len(cells), ",".join(models), args.dataset,
+                    len(cells), ",".join(models), cells[0].dataset,
                     ",".join(dict.fromkeys(c.combo for c in cells)),
                     ",".join(str(s) for s in dict.fromkeys(c.seed for c in cells)), args.profile,
                     store.path)
         rows = run_grid(cells, store, args.device, args.jobs)
         store_path = store.path
     failed = sum(r["status"] != "ok" for r in rows)
-    n_unique = len({c.key for c in cells})
-    print(f"{len(rows)} run(s) written to {store_path}, {n_unique - len(rows)} already there, "
+    keys = {c.key for c in cells}
+    print(f"{len(rows)} run(s) written to {store_path}, {len(keys) - len(rows)} already there, "
           f"{failed} failed")
-    _print_table(store_path, args.metric, args.dataset, args.profile, {c.key for c in cells})
+    stored = load_results(store_path)
+    stored = stored[stored["key"].isin(keys)]
+    if (stored["status"] == "ok").any():
+        _print_table(store_path, args.metric, cells[0].dataset, args.profile, keys)
+    bad = stored[stored["status"] == "failed"]
+    if not bad.empty:
+        print(f"\n{len(bad)} run(s) failed:")
+        for _, r in bad.iterrows():
+            print(f"  {r['model']} {r['combo']} seed {r['seed']}: {r['error']}")
     return 1 if failed else 0
 
 
@@ -221,7 +233,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(textwrap.indent(textwrap.fill(" ".join(registry.dataset_doc(name).split()),
                                                 88), "    "))
         return 0
-    from bench.runner import load_data
+    from bench.config import load_data
 
     data = load_data(args.dataset)
     spec = data.spec(data.letters)
@@ -241,7 +253,9 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
     from bench.perf import benchmark
 
-    if args.threads:
+    _positive("--steps", args.steps)
+    if args.threads is not None:
+        _positive("--threads", args.threads)
         torch.set_num_threads(args.threads)
     results = [benchmark(m, args.dataset, args.combo, args.steps, args.warmup, args.device,
                          _assignments(args.overrides, "--set"),
@@ -266,15 +280,21 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    _print_table(args.store, args.metric, args.dataset, args.profile, None, args.format)
+    from bench.config import canonical_dataset
+
+    dataset = canonical_dataset(args.dataset) if args.dataset else None
+    _print_table(args.store, args.metric, dataset, args.profile, None, args.format)
     return 0
 
 
 def _reproduce(args: argparse.Namespace, train: bool) -> int:
     from bench.presets import select
     from bench.reproduce import fallback_notes, reproduce
+    from bench.runner import resolve_device
     from bench.tables import to_markdown
 
+    _positive("--jobs", getattr(args, "jobs", 1))
+    resolve_device(args.device)
     sections, plans, out_dir = reproduce(
         select(args.table), args.profile, args.store, args.out, args.dataset,
         _assignments(args.overrides, "--set"), _assignments(args.data_option, "--data-option"),
@@ -301,7 +321,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or an argparse error already printed in one line
+        return int(exc.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

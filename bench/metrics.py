@@ -1,44 +1,119 @@
-"""Classification metrics as the paper reports them: accuracy, macro-F1, AUC (one-vs-rest)."""
+"""Classification metrics as the paper reports them: accuracy, macro-F1, AUC (one-vs-rest).
+
+They run after a whole training, so they must never raise on well-shaped input: a metric
+that is undefined for the evaluated samples (one class present, a diverged model's NaN
+probabilities) is NaN, and the reason is reported through ``notes`` instead of an exception
+that would lose the finished run.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
 logger = logging.getLogger(__name__)
 
+METRICS = ("acc", "f1", "auc")
 
-def classification_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """``acc``, ``f1`` (macro) and ``auc`` as fractions in [0, 1].
 
-    AUC is one-vs-rest on softmax probabilities for more than two classes and uses the
-    positive-class column for two (the official multi-class call fails on binary data).
-    It is NaN, with a warning, when ``y`` holds a single class.
+def classification_metrics(probs: np.ndarray, y: np.ndarray, *,
+                           notes: dict[str, str] | None = None,
+                           class_names: Sequence[str] | None = None) -> dict[str, float]:
+    """``acc``, ``f1`` (macro) and ``auc`` as fractions in [0, 1]; NaN where undefined.
+
+    AUC uses the positive-class column for two classes and is one-vs-rest macro for more
+    (the official multi-class call fails on binary data). When some classes are absent from
+    ``y`` it is computed over the classes present, on their renormalised probabilities: the
+    binary AUC between them if two are present, one-vs-rest over them if more; with a single
+    class present it is undefined. Non-finite probabilities make every metric NaN.
+
+    ``notes``, when given, receives a reason per metric (``notes["auc"]``) that is NaN or
+    computed on fewer classes than the model has; metrics without a caveat get no key.
+    ``class_names`` only make those reasons readable. Raises ``ValueError`` only on input
+    of the wrong shape or labels outside ``0..C-1`` (a caller's bug, not a run's outcome).
     """
     probs = np.asarray(probs, dtype=np.float64)
-    probs = probs / probs.sum(1, keepdims=True)
     y = np.asarray(y)
-    num_classes = probs.shape[1]
-    pred = probs.argmax(1)
-    out = {
-        "acc": float((pred == y).mean()),
-        "f1": float(f1_score(y, pred, average="macro", labels=np.arange(num_classes),
-                             zero_division=0)),
-        "auc": math.nan,
-    }
-    if len(np.unique(y)) < 2:
-        logger.warning("AUC undefined: the evaluated samples hold a single class")
-    elif num_classes == 2:
-        out["auc"] = float(roc_auc_score(y, probs[:, 1]))
+    _check_input(probs, y)
+    y = y.astype(np.int64)
+    n, num_classes = probs.shape
+    local: dict[str, str] = {}
+    out = {k: math.nan for k in METRICS}
+
+    def name(k: int) -> str:
+        if class_names is not None and 0 <= k < len(class_names):
+            return str(class_names[k])
+        return f"class {k}"
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        probs = probs / probs.sum(1, keepdims=True)
+    bad = ~np.isfinite(probs).all(1)
+    if n == 0:
+        local = {k: "undefined: no samples were evaluated" for k in METRICS}
+    elif bad.any():
+        reason = (f"undefined: {int(bad.sum())} of {n} samples have non-finite or all-zero "
+                  "probabilities (a diverged model?)")
+        local = {k: reason for k in METRICS}
     else:
+        pred = probs.argmax(1)
+        out["acc"] = float((pred == y).mean())
+        out["f1"] = float(f1_score(y, pred, average="macro", labels=np.arange(num_classes),
+                                   zero_division=0))
         present = np.unique(y)
-        if len(present) < num_classes:
-            logger.warning("AUC over the %d classes present of %d", len(present), num_classes)
-            sub = probs[:, present] / probs[:, present].sum(1, keepdims=True)
-            out["auc"] = float(roc_auc_score(y, sub, multi_class="ovr", labels=present))
-        else:
-            out["auc"] = float(roc_auc_score(y, probs, multi_class="ovr"))
+        seen = set(present.tolist())
+        absent = [name(k) for k in range(num_classes) if k not in seen]
+        if absent:
+            local["f1"] = (f"macro over all {num_classes} classes; each class absent from the "
+                           f"evaluated samples scores 0 (absent: {', '.join(absent)})")
+        out["auc"], auc_note = _auc(probs, y, present, num_classes, absent, name)
+        if auc_note:
+            local["auc"] = auc_note
+    for key, reason in local.items():
+        log = logger.warning if math.isnan(out[key]) else logger.info
+        log("%s: %s", key, reason)
+    if notes is not None:
+        notes.update(local)
     return out
+
+
+def _check_input(probs: np.ndarray, y: np.ndarray) -> None:
+    """Refuse malformed input loudly; everything well-shaped is scored."""
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probabilities must be [N, C] with C >= 2, got shape {probs.shape}")
+    if y.ndim != 1 or len(y) != len(probs):
+        raise ValueError(f"labels must be [N] with N = {len(probs)}, got shape {y.shape}")
+    if len(y) and not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
+        raise ValueError("labels must be integers")
+    if len(y) and (y.min() < 0 or y.max() >= probs.shape[1]):
+        raise ValueError(f"labels must lie in 0..{probs.shape[1] - 1}, "
+                         f"got {y.min()}..{y.max()}")
+
+
+def _auc(probs: np.ndarray, y: np.ndarray, present: np.ndarray, num_classes: int,
+         absent: list[str], name: Callable[[int], str]) -> tuple[float, str]:
+    """AUC over the classes present in ``y`` and its caveat ("" when there is none)."""
+    k = len(present)
+    if k < 2:
+        return math.nan, ("undefined: the evaluated samples hold a single class "
+                          f"({name(int(present[0]))})")
+    subset = "" if k == num_classes else (f"over the {k} classes present of {num_classes} "
+                                          f"(absent: {', '.join(absent)})")
+    sub = probs[:, present]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sub = sub / sub.sum(1, keepdims=True)
+    if not np.isfinite(sub).all():
+        zero = int((~np.isfinite(sub).all(1)).sum())
+        return math.nan, (f"undefined: {zero} samples put no probability on the "
+                          f"{k} classes present")
+    try:
+        if k == 2:
+            auc = roc_auc_score(y == present[1], sub[:, 1])
+        else:
+            auc = roc_auc_score(np.searchsorted(present, y), sub, multi_class="ovr")
+    except ValueError as exc:  # a last guard: the run is worth more than this one number
+        return math.nan, f"undefined: {exc}"
+    return float(auc), subset

@@ -25,8 +25,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import registry
 from bench.complexity import count_params  # also registers the grouped-matmul FLOP formula
-from bench.runner import load_data, resolve_device
+from bench.config import load_data
+from bench.profiles import get_profile
+from bench.runner import resolve_device
 from bench.train import class_weight, make_adam, seed_everything, train_step
+
+#: The profile whose settings ``perf`` times: the paper's hyper-parameters and full data.
+PERF_PROFILE = "paper"
 
 
 @dataclass
@@ -119,8 +124,9 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
     from flexmoe.reference import official_design, per_sample_loader
 
     dev = resolve_device(device)
-    data = load_data(dataset, data_options).restrict(combo).to(dev)
-    hp = registry.resolve_hparams(model_name, data.spec, overrides, "paper")
+    profile = get_profile(PERF_PROFILE)
+    data = load_data(dataset, profile.options_for(dataset, data_options)).restrict(combo).to(dev)
+    hp = registry.resolve_hparams(model_name, data.spec, overrides, profile.name)
     seed_everything(seed)
     model = registry.build_model(model_name, data.spec, hp).to(dev)
     if official and not isinstance(model, FlexMoE):

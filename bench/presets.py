@@ -7,9 +7,8 @@ stored run. Without ``--dataset`` the ADNI artefacts use the real ``adni`` data 
 loads here and ``synthetic-adni`` otherwise, MIMIC-IV ones likewise; the fallback is logged
 as a warning and stated in every caption.
 
-The ``quick`` profile shrinks the synthetic data sets (``QUICK_DATA_OPTIONS``) so that the
-whole paper (about 170 runs) trains in under half an hour on a 2-core CPU; the option is
-part of every run's key and is named in every caption.
+A profile's data-set options (``bench.profiles``) apply here as in ``run``: they are part of
+every run's key and every caption states the options the runs used.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import registry
-from bench.runner import Cell, build_grid, load_data
+from bench.config import RunConfig, build_grid, load_data
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +67,6 @@ SENSITIVITY: dict[str, tuple[str, tuple[int, ...]]] = {
 
 REAL = {"adni": "adni", "mimic": "mimic"}
 SYNTHETIC = {"adni": "synthetic-adni", "mimic": "synthetic-mimic"}
-
-#: Data-set options of the ``quick`` profile: synthetic cohorts at a tenth of their size
-#: (238 ADNI patients, 400 MIMIC-IV admissions). At full size the quick grid costs about
-#: 3 CPU-hours — MulT, FuseMoE and I2MoE take 0.5–4 s per step at IGCB — so a tenth cuts it
-#: about tenfold, at the price of noisy test sets (about 22 ADNI IGCB patients): a smoke
-#: test of the pipeline, not a ranking.
-QUICK_DATA_OPTIONS: dict[str, dict[str, Any]] = {
-    "synthetic-adni": {"scale": 0.1},
-    "synthetic-mimic": {"scale": 0.1},
-}
-
 
 def model_label(name: str) -> str:
     """The paper's column header for a model (the registry name for others)."""
@@ -160,6 +148,9 @@ def select(spec: str) -> list[Artefact]:
     ``fig6``, ``modalities``, ``cost``)."""
     if spec.strip() == "all":
         return list(ARTEFACTS.values())
+    if not spec.strip(" ,"):
+        choices = ", ".join(a.removeprefix("table") for a in ARTEFACTS)
+        raise ValueError(f"--table is empty; choose all or any of {choices}")
     out = []
     for item in (s.strip().lower() for s in spec.split(",") if s.strip()):
         key = f"table{item}" if item.isdigit() else item
@@ -220,24 +211,17 @@ def assign_datasets(artefacts: list[Artefact], names: list[str]) -> dict[str, Da
     return {f: choose_dataset(f, given.get(f)) for f in families}
 
 
-def data_options(dataset: str, profile: str, extra: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
-    """The profile's data-set options (``quick`` shrinks synthetic cohorts) plus the user's."""
-    base = QUICK_DATA_OPTIONS.get(dataset, {}) if profile == "quick" else {}
-    return {**base, **(extra or {})}
-
-
 @dataclass
 class ArtefactCells:
     """The runs of one artefact: its cells per sweep, and the models it cannot run here."""
 
     artefact: Artefact
     dataset: DatasetChoice
-    sweeps: list[tuple[Sweep, list[Cell]]]
+    sweeps: list[tuple[Sweep, list[RunConfig]]]
     unregistered: tuple[str, ...]
 
     @property
-    def cells(self) -> list[Cell]:
+    def cells(self) -> list[RunConfig]:
         return [c for _, cells in self.sweeps for c in cells]
 
 
@@ -248,11 +232,10 @@ def artefact_cells(artefact: Artefact, dataset: DatasetChoice, profile: str,
     """Resolve every run an artefact needs; models not registered are left out and named."""
     known = set(registry.list_models())
     missing = tuple(m for m in artefact.models() if m not in known)
-    opts = data_options(dataset.name, profile, options)
     sweeps = []
     for sweep in artefact.sweeps:
         models = [m for m in sweep.models if m in known]
         cells = build_grid(models, dataset.name, list(sweep.combos), seeds, profile,
-                           {**sweep.overrides, **(overrides or {})}, opts) if models else []
+                           {**sweep.overrides, **(overrides or {})}, options) if models else []
         sweeps.append((sweep, cells))
     return ArtefactCells(artefact, dataset, sweeps, missing)

@@ -1,30 +1,79 @@
-"""Run profiles: how much training a grid does.
+"""Run profiles: how much training a grid does, owned in one place.
 
-``paper`` keeps each model's own settings (the paper's 50 epochs for the Flex-MoE setting)
-and the paper's three seeds; ``quick`` trains a few epochs with one seed, for minutes on a
-laptop CPU. A profile never changes a model's architecture unless the model asks for it
-through ``BenchModel.profile_hparams``.
+A :class:`Profile` owns everything a profile changes — epochs, seeds, which combinations a
+grid takes by default and the data-set options it adds (the user's options win) — and
+describes itself from those values, so no caption restates them. ``run``, ``reproduce``,
+``report``, ``perf`` and the captions all resolve through it. A profile never changes a
+model's architecture.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.data.core import combinations
+
+#: Combination rules: ``pair-and-full`` = the first two modalities and the full set;
+#: ``two-or-more`` = every combination of two or more modalities, in the paper's row order.
+COMBO_RULES = ("pair-and-full", "two-or-more")
+
+
+def paper_order(combos: list[str]) -> list[str]:
+    """The paper's row order: fewer modalities first, ``itertools`` order within a size."""
+    letters = max(combos, key=len)
+    for c in combos:
+        letters += "".join(ch for ch in c if ch not in letters)
+    rank = {c: i for i, c in enumerate(combinations(letters))}
+    return sorted(combos, key=lambda c: (len(c), rank.get(c, 0)))
 
 
 @dataclass(frozen=True)
 class Profile:
+    """One profile's rules; ``epochs=None`` keeps each model's own epochs."""
+
     name: str
+    purpose: str
     epochs: int | None
     seeds: tuple[int, ...]
-    description: str
+    combos: str
+    data_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def train_settings(self) -> dict[str, Any]:
+        """Training settings the profile imposes on every model."""
+        return {} if self.epochs is None else {"epochs": self.epochs}
+
+    def default_combos(self, letters: str) -> list[str]:
+        """The combinations a grid takes when the user names none."""
+        if self.combos == "pair-and-full":
+            return [letters[:2], letters] if len(letters) > 2 else [letters]
+        return paper_order([c for c in combinations(letters) if len(c) >= 2])
+
+    def default_seeds(self) -> list[int]:
+        return list(self.seeds)
+
+    def options_for(self, dataset: str, user: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The data-set options of a run: the profile's for ``dataset``, then the user's."""
+        return {**self.data_options.get(dataset, {}), **(user or {})}
+
+    def describe(self) -> str:
+        """One phrase generated from the rules (captions add the resolved values of the runs)."""
+        epochs = "each model's own epochs" if self.epochs is None else f"{self.epochs} epochs"
+        combos = ("the first two modalities and all of them" if self.combos == "pair-and-full"
+                  else "every combination of two or more modalities")
+        seeds = ", ".join(map(str, self.seeds))
+        text = f"{epochs}, seed{'s' if len(self.seeds) > 1 else ''} {seeds}, {combos}"
+        extra = "; ".join(f"{d}: {', '.join(f'{k}={v}' for k, v in o.items())}"
+                          for d, o in self.data_options.items())
+        return f"{text}{f' (default data options — {extra})' if extra else ''}: {self.purpose}"
 
 
-PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", 3, (0,), "3 epochs, seed 0: a smoke-level grid in minutes on a CPU"),
-    "paper": Profile("paper", None, (0, 1, 2),
-                     "each model's paper settings (50 epochs in the Flex-MoE setting), "
-                     "seeds 0,1,2"),
-}
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    Profile("quick", "a smoke test of the pipeline, not a ranking", 3, (0,), "pair-and-full",
+            {"synthetic-adni": {"scale": 0.1}, "synthetic-mimic": {"scale": 0.1}}),
+    Profile("paper", "the paper's protocol", None, (0, 1, 2), "two-or-more"),
+)}
 
 
 def get_profile(name: str) -> Profile:

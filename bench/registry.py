@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.core import DataSpec
+from bench.hparams import TRAIN_TYPES, SettingError, check_value, signature_types
+from bench.profiles import get_profile
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "flexmoe_bench.models"
-TRAIN_KEYS = ("lr", "batch_size", "epochs", "weight_decay")
+TRAIN_KEYS = tuple(TRAIN_TYPES)
 
 _models: dict[str, type] = {}
 _datasets: dict[str, Callable[..., Any]] = {}
@@ -118,40 +120,71 @@ def model_class(name: str) -> type:
     return _models[name]
 
 
+def dataset_loader(name: str) -> Callable[..., Any]:
+    """The loader function registered as ``name`` (``folder`` for ``folder:PATH``)."""
+    load_builtins()
+    if name not in _datasets:
+        raise KeyError(f"unknown data set {name!r}; registered data sets: "
+                       f"{', '.join(sorted(_datasets))} (or folder:PATH)")
+    return _datasets[name]
+
+
 def dataset_doc(name: str) -> str:
     load_builtins()
     return _dataset_docs.get(name, "")
 
 
+def model_settings(cls: type) -> dict[str, tuple[Any, Any]]:
+    """Name → (type, default) of every setting of model class ``cls``: the training settings
+    and each constructor argument after ``spec`` (``inspect.Parameter.empty``: no default)."""
+    out: dict[str, tuple[Any, Any]] = {k: (t, inspect.Parameter.empty)
+                                       for k, t in TRAIN_TYPES.items()}
+    out.update(signature_types(cls.__init__, skip=2))  # self, spec
+    return out
+
+
 def resolve_hparams(name: str, spec: DataSpec, overrides: dict[str, Any] | None = None,
                     profile: str | None = None) -> dict[str, Any]:
-    """The full hyper-parameter dict of one run: defaults for the data set, profile, overrides.
+    """The full, checked hyper-parameter dict of one run.
 
-    Training keys (``TRAIN_KEYS``) and the model's constructor arguments share one flat dict,
-    so every setting of a run is stored and hashed. Unknown keys are an error.
+    Constructor defaults, then the model's defaults for the data set, the profile's training
+    settings and the overrides; every training setting and constructor argument appears, each
+    checked against its annotation and range (:mod:`bench.hparams`) and normalised, so one
+    setting is one key. Unknown keys and bad values are errors that say what is expected.
     """
     cls = model_class(name)
-    hp = dict(cls.default_hparams(spec))
+    settings = model_settings(cls)
+    hp = {k: d for k, (_, d) in settings.items() if d is not inspect.Parameter.empty}
+    hp.update(cls.default_hparams(spec))
     if profile is not None:
-        hp.update(cls.profile_hparams(profile, spec))
-    accepted = set(constructor_args(cls)) | set(TRAIN_KEYS)
+        hp.update(get_profile(profile).train_settings())
     for key, value in (overrides or {}).items():
-        if key not in accepted:
+        if key not in settings:
             raise KeyError(f"model {name!r} has no hyper-parameter {key!r}; it accepts: "
-                           f"{', '.join(sorted(accepted))}")
+                           f"{', '.join(sorted(settings))}")
         hp[key] = value
-    return dict(sorted(hp.items()))
+    unknown = sorted(set(hp) - set(settings))
+    if unknown:
+        raise TypeError(f"model {name!r}: default_hparams returns {unknown}, which are neither "
+                        "training settings nor constructor arguments")
+    missing = sorted(set(settings) - set(hp))
+    if missing:
+        raise SettingError(f"model {name!r}: no value for {', '.join(missing)}; give it with "
+                           "--set KEY=VALUE or a default in the constructor")
+    ranges = getattr(cls, "hparam_ranges", None)
+    return {k: check_value(f"model {name!r}", k, hp[k], settings[k][0], ranges)
+            for k in sorted(hp)}
 
 
 def constructor_args(cls: type) -> list[str]:
-    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, spec
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [k for k in signature_types(cls.__init__, skip=2)]
 
 
 def split_hparams(hparams: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(training settings, constructor arguments) of a resolved hyper-parameter dict."""
     train = {k: v for k, v in hparams.items() if k in TRAIN_KEYS}
-    return train, {k: v for k, v in hparams.items() if k not in TRAIN_KEYS}
+    return train, {k: tuple(v) if isinstance(v, list) else v
+                   for k, v in hparams.items() if k not in TRAIN_KEYS}
 
 
 def build_model(name: str, spec: DataSpec, hparams: dict[str, Any]):
@@ -166,10 +199,7 @@ def create_model(name: str, spec: DataSpec, **overrides: Any):
 
 def create_dataset(name: str, split_seed: int = 0, **options: Any):
     """Load data set ``name`` (or ``folder:PATH``) with its split for ``split_seed``."""
-    load_builtins()
     if name.startswith("folder:"):
-        return _datasets["folder"](path=name.split(":", 1)[1], split_seed=split_seed, **options)
-    if name not in _datasets:
-        raise KeyError(f"unknown data set {name!r}; registered data sets: "
-                       f"{', '.join(sorted(_datasets))} (or folder:PATH)")
-    return _datasets[name](split_seed=split_seed, **options)
+        return dataset_loader("folder")(path=name.split(":", 1)[1], split_seed=split_seed,
+                                        **options)
+    return dataset_loader(name)(split_seed=split_seed, **options)

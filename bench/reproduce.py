@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 
 from bench import plots, presets, registry, views
+from bench.config import RunConfig, load_data
 from bench.data.core import RunData
 from bench.presets import ArtefactCells
 from bench.report import write_report
-from bench.runner import Cell, load_data, resolve_device, run_grid
+from bench.runner import resolve_device, run_grid
 from bench.store import ResultStore, default_store_path, load_results
 from bench.tables import TableView, to_csv, to_latex, to_markdown
 from bench.train import fit, seed_everything
@@ -74,7 +75,7 @@ def train_grid(plans: list[ArtefactCells], store: ResultStore, device: str = "au
     return rows
 
 
-def analysis_model(cell: Cell, out_dir: Path, device: str = "auto",
+def analysis_model(cell: RunConfig, out_dir: Path, device: str = "auto",
                    train: bool = True) -> tuple[torch.nn.Module, RunData] | None:
     """The trained model of ``cell`` and its data: from ``<out>/models/`` when cached, else
     trained now (``train``) and cached atomically; None when neither is possible."""

@@ -1,16 +1,13 @@
-"""The grid: models × data set × combinations × seeds × overrides, each cell run once.
+"""Running a grid: each resolved run (``bench.config.RunConfig``) trained once.
 
-A cell is keyed by a hash of its resolved configuration (model, data set and its options,
-split seed, combination, seed and every hyper-parameter), so re-running a grid skips what
-the store already holds, and a different setting is a different run. The device and the
-code version are recorded but not hashed.
+A run is keyed by the hash of its configuration, so re-running a grid skips what the store
+already holds, and a different setting is a different run. The device, thread count,
+library versions and code version are recorded with each row but not hashed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -19,7 +16,6 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -31,82 +27,20 @@ from tqdm.auto import tqdm
 import bench
 from bench import registry
 from bench.complexity import count_params, forward_flops, fvcore_macs
-from bench.data.core import MultimodalData, combinations
-from bench.profiles import get_profile
+from bench.config import KEY_VERSION, RunConfig, load_data
+from bench.resources import checkout_root
 from bench.store import ResultStore, write_receipt
-from bench.tables import combo_order
 from bench.train import fit, seed_everything
 
 logger = logging.getLogger(__name__)
 
-KEY_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid, fully resolved."""
-
-    model: str
-    dataset: str
-    combo: str
-    seed: int
-    hparams: dict[str, Any]
-    profile: str = "quick"
-    split_seed: int = 0
-    data_options: dict[str, Any] = field(default_factory=dict)
-    plugins: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        ident = {"v": KEY_VERSION, "model": self.model, "dataset": self.dataset,
-                 "combo": self.combo, "seed": self.seed, "hparams": self.hparams,
-                 "split_seed": self.split_seed, "data_options": self.data_options}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@lru_cache(maxsize=4)
-def _load_cached(dataset: str, options_json: str, split_seed: int) -> MultimodalData:
-    return registry.create_dataset(dataset, split_seed=split_seed, **json.loads(options_json))
-
-
-def load_data(dataset: str, data_options: dict[str, Any] | None = None,
-              split_seed: int = 0) -> MultimodalData:
-    """Load (once per process) a data set with its options and split."""
-    return _load_cached(dataset, json.dumps(data_options or {}, sort_keys=True), split_seed)
-
-
-def default_combos(data: MultimodalData, profile: str) -> list[str]:
-    """``paper``: every combination of two or more modalities, in the paper's table order;
-    ``quick``: the first two modalities and the full set."""
-    if profile == "quick":
-        return [data.letters[:2], data.letters] if len(data.letters) > 2 else [data.letters]
-    return combo_order([c for c in combinations(data.letters) if len(c) >= 2])
-
-
-def build_grid(models: Sequence[str], dataset: str, combos: Sequence[str] | None = None,
-               seeds: Sequence[int] | None = None, profile: str = "quick",
-               overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
-               split_seed: int = 0, plugins: Sequence[str] = ()) -> list[Cell]:
-    """Resolve every cell; fails before any training on an unknown model, letter or setting."""
-    prof = get_profile(profile)
-    data = load_data(dataset, data_options, split_seed)
-    combos = [data.check_letters(c) for c in (combos or default_combos(data, profile))]
-    seeds = list(prof.seeds if seeds is None else seeds)
-    cells = []
-    for model in models:
-        for combo in combos:
-            spec = data.spec(combo)
-            hp = registry.resolve_hparams(model, spec, overrides, profile)
-            for seed in seeds:
-                cells.append(Cell(model, dataset, combo, int(seed), hp, profile, split_seed,
-                                  dict(data_options or {}), tuple(plugins)))
-    return cells
-
-
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    root = Path(__file__).resolve().parents[1]
+    """Package version plus the git commit when run from a checkout (never the commit of
+    some other repository an installed copy happens to sit in)."""
+    root = checkout_root()
+    if root is None:
+        return bench.__version__
     try:
         out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=5, check=True)
@@ -116,21 +50,32 @@ def code_version() -> str:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything
+    else, or CUDA on a machine without it, is an error that says what is accepted."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist; this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
-def execute(cell: Cell, device: str | torch.device = "cpu") -> dict[str, Any]:
+def execute(cell: RunConfig, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train and evaluate one cell; return its store row (a failed run is a row too)."""
     for module in cell.plugins:
         registry.load_plugin(module)
     dev = resolve_device(str(device))
     row: dict[str, Any] = {
-        "key": cell.key, "model": cell.model, "dataset": cell.dataset, "combo": cell.combo,
+        "key": cell.key, "key_version": KEY_VERSION, "config": cell.record(),
+        "model": cell.model, "dataset": cell.dataset, "combo": cell.combo,
         "seed": cell.seed, "profile": cell.profile, "split_seed": cell.split_seed,
         "hparams": cell.hparams, "data_options": cell.data_options, "device": dev.type,
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
@@ -140,8 +85,11 @@ def execute(cell: Cell, device: str | torch.device = "cpu") -> dict[str, Any]:
     }
     t0 = time.perf_counter()
     try:
-        data = load_data(cell.dataset, cell.data_options, cell.split_seed).restrict(cell.combo)
-        data = data.to(dev)
+        whole = load_data(cell.dataset, cell.data_options, cell.split_seed)
+        if (whole.content_digest, whole.split_digest) != (cell.data_digest, cell.split_digest):
+            raise RuntimeError(f"the data of {cell.dataset!r} changed since the grid was "
+                               "resolved (content or split digest differs); run the grid again")
+        data = whole.restrict(cell.combo).to(dev)
         seed_everything(cell.seed)
         train_hp, _ = registry.split_hparams(cell.hparams)
         model = registry.build_model(cell.model, data.spec, cell.hparams).to(dev)
@@ -153,6 +101,7 @@ def execute(cell: Cell, device: str | torch.device = "cpu") -> dict[str, Any]:
             status="ok", error=None, split_digest=data.split_digest, run_info=model.run_info(),
             val_acc=result.val["acc"], val_f1=result.val["f1"], val_auc=result.val["auc"],
             test_acc=result.test["acc"], test_f1=result.test["f1"], test_auc=result.test["auc"],
+            metric_notes=result.notes,
             best_epoch=result.best_epoch, epochs=len(result.epoch_s),
             val_acc_curve=result.val_acc_curve,
             n_train=int(data.splits["train"].numel()), n_val=int(data.splits["val"].numel()),
@@ -175,14 +124,14 @@ def execute(cell: Cell, device: str | torch.device = "cpu") -> dict[str, Any]:
     return row
 
 
-def _worker(cell: Cell, device: str, receipts: str, threads: int) -> dict[str, Any]:
+def _worker(cell: RunConfig, device: str, receipts: str, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     row = execute(cell, device)
     write_receipt(Path(receipts), row)
     return row
 
 
-def run_grid(cells: Sequence[Cell], store: ResultStore, device: str = "cpu", jobs: int = 1,
+def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu", jobs: int = 1,
              progress: bool = True,
              on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run every cell the store does not hold yet; write each row as it finishes.
@@ -227,7 +176,3 @@ def run_grid(cells: Sequence[Cell], store: ResultStore, device: str = "cpu", job
         bar.close()
     return rows
 
-
-def cell_records(cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    """Cells as plain dicts (for logs and dry runs)."""
-    return [{**asdict(c), "key": c.key} for c in cells]

@@ -1,21 +1,37 @@
 """The SQLite results store: one row per finished run, written as the run finishes.
 
-Only the coordinating process writes, one transaction per row, with SQLite's default
-rollback journal (WAL breaks on network file systems). Workers of a process pool also
-leave an atomic JSON receipt beside the store, so a dead coordinator loses nothing: the
-next run ingests leftover receipts first. The store is never deleted or rewritten; a file
-that is not a results store is refused with a message, untouched.
+Guarantees:
+
+* Durable rows: only the coordinating process writes, one ``BEGIN IMMEDIATE`` transaction
+  per row, with SQLite's default rollback journal (WAL breaks on network file systems).
+  Pool workers also leave an atomic JSON receipt in ``<store>.receipts/``, ingested by the
+  next run, so a dead coordinator loses nothing; a receipt that cannot become a row is
+  logged and kept as ``*.rejected``, never blocking the others.
+* Concurrent opening: the schema is created, or an older one extended (columns added, never
+  dropped), in one ``BEGIN IMMEDIATE`` transaction that re-reads what is there, so any
+  number of processes may open the same new or old store at once.
+* Foreign files untouched: a store is recognised by its ``meta`` table holding
+  ``schema_version``. A new path or an empty file becomes a store; anything else (another
+  SQLite file, a corrupt one, a newer schema) is refused with StoreError, unwritten.
+* Read-only reading: ``readonly=True`` (used by :func:`load_results`, hence ``table`` and
+  ``report``) opens with ``mode=ro`` (``immutable=1`` if that fails, e.g. a crashed
+  writer's journal on read-only media), never creates, alters or makes directories, and
+  reads older layouts: missing columns load as None ({} for JSON columns).
+* A store that cannot be created or written is a StoreError naming the path and reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -26,12 +42,13 @@ SCHEMA_VERSION = "1"
 
 #: Column name → SQLite type. JSON columns hold dicts; metrics are fractions in [0, 1].
 COLUMNS: dict[str, str] = {
-    "key": "TEXT PRIMARY KEY", "created_at": "TEXT", "status": "TEXT", "error": "TEXT",
+    "key": "TEXT PRIMARY KEY", "key_version": "INTEGER", "config": "TEXT",
+    "created_at": "TEXT", "status": "TEXT", "error": "TEXT",
     "model": "TEXT", "dataset": "TEXT", "combo": "TEXT", "seed": "INTEGER", "profile": "TEXT",
     "split_seed": "INTEGER", "split_digest": "TEXT",
     "hparams": "TEXT", "data_options": "TEXT", "run_info": "TEXT",
     "val_acc": "REAL", "val_f1": "REAL", "val_auc": "REAL",
-    "test_acc": "REAL", "test_f1": "REAL", "test_auc": "REAL",
+    "test_acc": "REAL", "test_f1": "REAL", "test_auc": "REAL", "metric_notes": "TEXT",
     "best_epoch": "INTEGER", "epochs": "INTEGER", "val_acc_curve": "TEXT",
     "n_train": "INTEGER", "n_val": "INTEGER", "n_test": "INTEGER",
     "params": "INTEGER", "flops_per_sample": "REAL", "flops_batch": "REAL",
@@ -42,7 +59,10 @@ COLUMNS: dict[str, str] = {
     "device": "TEXT", "device_name": "TEXT", "threads": "INTEGER",
     "torch_version": "TEXT", "python_version": "TEXT", "code_version": "TEXT",
 }
-JSON_COLUMNS = ("hparams", "data_options", "run_info", "val_acc_curve", "fvcore_skipped_ops")
+JSON_COLUMNS = ("config", "hparams", "data_options", "run_info", "metric_notes", "val_acc_curve",
+                "fvcore_skipped_ops")
+
+_ADVICE = "It was left untouched: pass another --store path (or move the file aside)"
 
 
 class StoreError(RuntimeError):
@@ -55,51 +75,145 @@ def default_store_path() -> Path:
 
 
 class ResultStore:
-    """Open (or create) a store at ``path``."""
+    """Open (or, unless ``readonly``, create) the store at ``path``.
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    ``readonly=True`` is for reading stores on media we may not write to (or must not):
+    nothing is created, migrated or locked for writing, and :meth:`write` is refused.
+    """
+
+    _conn: sqlite3.Connection  # set by the _open_* methods
+
+    def __init__(self, path: str | Path | None = None, readonly: bool = False) -> None:
         self.path = Path(path) if path is not None else default_store_path()
+        self.readonly = readonly
         if self.path.exists() and not self.path.is_file():
-            raise StoreError(f"results store {self.path} is not a file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=60)
+            raise StoreError(f"results store {self.path} is not a file; pass --store with the "
+                             "path of a store file")
+        new = not readonly and (not self.path.exists() or self.path.stat().st_size == 0)
         try:
-            self._init_schema()
+            self._open_readonly() if readonly else self._open_writable(new)
         except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise StoreError(
-                f"{self.path} is not a readable flexmoe-bench results store ({exc}). It was left "
-                "untouched: move it aside or pass another --store path") from exc
+            self.close()
+            if new:
+                raise self._cannot_create(str(exc)) from exc
+            raise StoreError(f"{self.path} is not a readable flexmoe-bench results store "
+                             f"({exc}). {_ADVICE}") from exc
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def receipts_dir(self) -> Path:
         return self.path.with_name(self.path.name + ".receipts")
 
-    def _init_schema(self) -> None:
+    def _cannot_create(self, reason: str) -> StoreError:
+        return StoreError(f"cannot create results store at {self.path}: {reason}; pass --store "
+                          "with a writable path")
+
+    def _open_writable(self, new: bool) -> None:
+        """Check up front that we may write, so a read-only place fails here, clearly."""
+        parent = self.path.parent
+        if new:
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError as exc:
+                raise self._cannot_create(f"{exc.filename} is a file, not a directory") from exc
+            except OSError as exc:
+                raise self._cannot_create(f"cannot make directory {parent} ({exc})") from exc
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise self._cannot_create(f"directory {parent} is not writable")
+        else:
+            for what, p in (("file", self.path), ("directory", parent)):
+                if not os.access(p, os.W_OK):  # SQLite writes its journal beside the file
+                    raise StoreError(f"results store {self.path} is read-only ({what} {p} is not "
+                                     "writable); `table` and `report` can still read it; pass "
+                                     "--store with a writable path to run")
+        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._ensure_schema()
+
+    def _open_readonly(self) -> None:
+        """``mode=ro`` first: it still honours locks, so a store being written reads safely;
+        ``immutable=1`` only if that fails (it ignores locks and journals)."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no results store at {self.path}; run a grid first "
+                                    "(run_bench.py run) or pass --store")
+        uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+        for immutable in (False, True):
+            self._conn = sqlite3.connect(uri + "&immutable=1" * immutable, uri=True, timeout=60,
+                                         isolation_level=None)
+            try:
+                self._layout()
+                return
+            except sqlite3.OperationalError as exc:
+                self.close()
+                if immutable or "locked" in str(exc):
+                    raise
+                logger.warning("%s cannot be read in place (%s); reading it as immutable, so "
+                               "an unfinished transaction of a crashed writer may show (a "
+                               "`run` with write access rolls it back)", self.path, exc)
+
+    def _refuse(self, found: str) -> StoreError:
+        return StoreError(f"{self.path} is not a flexmoe-bench results store: found {found}; "
+                          "expected a 'meta' table holding schema_version and a 'runs' table "
+                          f"with a 'key' column. {_ADVICE}")
+
+    def _layout(self) -> tuple[set[str], set[str]]:
+        """The tables and the columns of ``runs`` now; StoreError if the file is not ours."""
         tables = {r[0] for r in self._conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "runs" not in tables:
-            raise StoreError(f"{self.path} is an SQLite file without a 'runs' table (tables: "
-                             f"{sorted(tables)}); it is not a flexmoe-bench store. It was left "
-                             "untouched: pass another --store path")
-        with self._conn:
-            self._conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                               (SCHEMA_VERSION,))
+        if not tables:
+            return tables, set()
+        version = None
+        if "meta" in tables:
+            with contextlib.suppress(sqlite3.OperationalError):  # a meta table of other shape
+                row = self._conn.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = row[0] if row else None
+        if version is None:
+            what = "no schema_version in 'meta'" if "meta" in tables else "no 'meta' table"
+            raise self._refuse(f"tables {sorted(tables)} but {what}")
+        if str(version) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has store schema_version {version!r}; this version of "
+                             f"flexmoe-bench reads {SCHEMA_VERSION!r} (a newer version wrote "
+                             f"it?). {_ADVICE}")
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+        if "runs" in tables and "key" not in cols:
+            raise self._refuse(f"a 'runs' table without a 'key' column (columns {sorted(cols)})")
+        return tables, cols
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` takes the write lock first, so what we read inside stays true."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _ensure_schema(self) -> None:
+        tables, cols = self._layout()
+        if "runs" in tables and set(COLUMNS) <= cols:
+            return  # the usual case: no write lock needed
+        with self._transaction():
+            tables, cols = self._layout()  # another process may have done it meanwhile
+            if not tables:
+                self._conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+                self._conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                   (SCHEMA_VERSION,))
             if "runs" not in tables:
-                cols = ", ".join(f'"{c}" {t}' for c, t in COLUMNS.items())
-                self._conn.execute(f"CREATE TABLE runs ({cols})")
+                defs = ", ".join(f'"{c}" {t}' for c, t in COLUMNS.items())
+                self._conn.execute(f"CREATE TABLE runs ({defs})")
             else:  # a store written by an older version: add columns, never drop
-                have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
-                if "key" not in have:
-                    raise StoreError(f"{self.path}: table 'runs' has no 'key' column; not a "
-                                     "flexmoe-bench store")
                 for c, t in COLUMNS.items():
-                    if c not in have:
+                    if c not in cols:
                         self._conn.execute(f'ALTER TABLE runs ADD COLUMN "{c}" {t}')
 
     def close(self) -> None:
-        self._conn.close()
+        if hasattr(self, "_conn"):  # closing twice is harmless
+            self._conn.close()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -113,14 +227,17 @@ class ResultStore:
 
     def write(self, row: dict[str, Any]) -> None:
         """Insert or replace one run, in its own transaction."""
+        if self.readonly:
+            raise StoreError(f"results store {self.path} was opened read-only; cannot write")
         unknown = set(row) - set(COLUMNS)
         if unknown:
-            raise ValueError(f"unknown result column(s) {sorted(unknown)}")
+            raise ValueError(f"unknown result column(s) {sorted(unknown)}; expected columns of "
+                             "bench.store.COLUMNS")
         values = {k: json.dumps(v, sort_keys=True) if k in JSON_COLUMNS and v is not None else v
                   for k, v in row.items()}
         cols = ", ".join(f'"{c}"' for c in values)
         marks = ", ".join("?" for _ in values)
-        with self._conn:
+        with self._transaction():
             self._conn.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
                                list(values.values()))
 
@@ -129,24 +246,57 @@ class ResultStore:
         return write_receipt(self.receipts_dir, row)
 
     def ingest_receipts(self) -> int:
-        """Move leftover worker receipts into the store; return how many."""
+        """Move leftover worker receipts into the store; return how many.
+
+        A receipt that cannot become a row (not JSON, not an object, no "key", an unknown
+        column or value) is logged and renamed ``<name>.rejected`` in the same folder: kept
+        for a person to fix (rename it back to ``.json``), never retried, never blocking the
+        rest. An unreadable one is logged and left in place; workers' ``.tmp-*`` files in
+        progress are not touched.
+        """
         if not self.receipts_dir.is_dir():
             return 0
         n = 0
         for path in sorted(self.receipts_dir.glob("*.json")):
+            if path.name.startswith("."):
+                continue
             try:
                 row = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                logger.warning("skipping unreadable receipt %s: %s", path, exc)
+                if not isinstance(row, dict) or not isinstance(row.get("key"), str) \
+                        or not row["key"]:
+                    raise ValueError("expected a JSON object with a non-empty 'key' string")
+                self.write(row)
+            except FileNotFoundError:  # another coordinator ingested it meanwhile
                 continue
-            self.write(row)
-            path.unlink()
+            except OSError as exc:
+                logger.warning("skipping unreadable receipt %s (left in place): %s", path, exc)
+                continue
+            except (ValueError, TypeError, sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
+                self._reject(path, exc)
+                continue
+            path.unlink(missing_ok=True)
             n += 1
         return n
 
+    def _reject(self, path: Path, why: Exception) -> None:
+        target = path.with_name(path.name + ".rejected")
+        try:
+            os.replace(path, target)
+        except OSError:
+            target = path
+        logger.warning("skipped receipt %s: %s; kept as %s", path, why, target)
+
     def load(self) -> pd.DataFrame:
         """All runs as a DataFrame, JSON columns decoded and hyper-parameters as columns."""
-        df = pd.read_sql_query("SELECT * FROM runs ORDER BY created_at", self._conn)
+        tables, cols = self._layout()
+        if "runs" in tables:
+            order = " ORDER BY created_at" if "created_at" in cols else ""
+            df = pd.read_sql_query(f"SELECT * FROM runs{order}", self._conn)
+        else:
+            df = pd.DataFrame(columns=list(COLUMNS))
+        for c in COLUMNS:  # an older layout read in place: columns it lacks are empty
+            if c not in df.columns:
+                df[c] = None
         for c in JSON_COLUMNS:
             df[c] = [json.loads(v) if isinstance(v, str) else {} for v in df[c]]
         hp = pd.json_normalize(df["hparams"].tolist()) if len(df) else pd.DataFrame()
@@ -155,6 +305,7 @@ class ResultStore:
 
 
 def write_receipt(folder: Path, row: dict[str, Any]) -> Path:
+    """Write ``row`` to ``folder/<key>.json`` via a temporary file, so no reader sees half."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{row['key']}.json"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
@@ -167,10 +318,6 @@ def write_receipt(folder: Path, row: dict[str, Any]) -> Path:
 
 
 def load_results(path: str | Path | None = None) -> pd.DataFrame:
-    """The store at ``path`` (default: :func:`default_store_path`) as a DataFrame."""
-    path = Path(path) if path is not None else default_store_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"no results store at {path}; run a grid first "
-                                "(run_bench.py run) or pass --store")
-    with ResultStore(path) as store:
+    """The store at ``path`` (default: :func:`default_store_path`) as a DataFrame, read-only."""
+    with ResultStore(path, readonly=True) as store:
         return store.load()

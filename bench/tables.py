@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from bench.data.core import combinations
+from bench.profiles import paper_order
 
 METRICS = ("test_acc", "test_f1", "test_auc", "val_acc", "val_f1", "val_auc")
 
@@ -61,15 +61,6 @@ def _column_labels(df: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def combo_order(combos: list[str]) -> list[str]:
-    """The paper's row order: fewer modalities first, ``itertools`` order within a size."""
-    letters = max(combos, key=len)
-    for c in combos:
-        letters += "".join(ch for ch in c if ch not in letters)
-    rank = {c: i for i, c in enumerate(combinations(letters))}
-    return sorted(combos, key=lambda c: (len(c), rank.get(c, 0)))
-
-
 def pivot(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     """``mean ± std`` in percent (population std over seeds, as the paper), with seed counts."""
     if metric not in METRICS:
@@ -78,7 +69,7 @@ def pivot(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     stats = df.groupby(["combo", "column"])["value"].agg(
         mean="mean", std=lambda v: float(np.std(v, ddof=0)), n="count")
     cells = stats.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f}", axis=1)
-    table = cells.unstack("column").reindex(combo_order(list(stats.index.unique("combo"))))
+    table = cells.unstack("column").reindex(paper_order(list(stats.index.unique("combo"))))
     order = [c for c in dict.fromkeys(df["column"]) if c in table.columns]
     return table[order].fillna("–")
 

@@ -29,7 +29,11 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` measured; metrics are fractions in [0, 1]."""
+    """What :func:`fit` measured; metrics are fractions in [0, 1], NaN where undefined.
+
+    ``notes`` says why a final metric is NaN or on fewer classes than the model has, keyed
+    by split and metric (``"test_auc"``); it is empty when every metric is plainly defined.
+    """
 
     val: dict[str, float]
     test: dict[str, float]
@@ -38,6 +42,7 @@ class FitResult:
     step_ms: list[float] = field(repr=False)
     epoch_s: list[float]
     warmup_steps: int
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def ms_per_iter(self) -> float:
@@ -144,7 +149,21 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         logger.debug("epoch %d: val acc %.4f (best %.4f @ %d)", epoch, acc, best_acc, best_epoch)
     model.load_state_dict(best_state)
-    val = classification_metrics(*predict(model, data, "val", eval_batch_size))
-    test = classification_metrics(*predict(model, data, "test", eval_batch_size))
+    notes: dict[str, str] = {}
+    val = evaluate(model, data, "val", eval_batch_size, notes)
+    test = evaluate(model, data, "test", eval_batch_size, notes)
     return FitResult(val=val, test=test, best_epoch=best_epoch, val_acc_curve=curve,
-                     step_ms=step_ms, epoch_s=epoch_s, warmup_steps=warmup_steps)
+                     step_ms=step_ms, epoch_s=epoch_s, warmup_steps=warmup_steps, notes=notes)
+
+
+def evaluate(model: BenchModel, data: RunData, split: str, batch_size: int | None = None,
+             notes: dict[str, str] | None = None) -> dict[str, float]:
+    """Metrics of ``split``; their caveats go to ``notes`` as ``"<split>_<metric>"``, so a
+    split holding only some classes yields NaN with a reason rather than a lost run."""
+    split_notes: dict[str, str] = {}
+    probs, y = predict(model, data, split, batch_size)
+    out = classification_metrics(probs, y, notes=split_notes,
+                                 class_names=data.spec.class_names or None)
+    if notes is not None:
+        notes.update({f"{split}_{k}": v for k, v in split_notes.items()})
+    return out

@@ -9,16 +9,16 @@ difference (reproduced − published) is shown only on the real data sets.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from bench.presets import ABLATIONS, MODEL_LABELS, QUICK_DATA_OPTIONS, ArtefactCells, model_label
+from bench.config import LOCATION_OPTIONS
+from bench.presets import ABLATIONS, MODEL_LABELS, ArtefactCells, model_label
 from bench.profiles import get_profile
+from bench.resources import shipped
 from bench.tables import Panel, TableView
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+PAPER_DIR = shipped("paper")  # results/paper in a checkout, the package's copy when installed
 UNREGISTERED = "model not registered"
 NOT_IN_PAPER = "not in the paper"
 NOT_RUN = "not run yet (run_bench.py reproduce)"
@@ -89,11 +89,9 @@ def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "
     ok = frame[frame["status"] == "ok"]
     cell = ac.cells[0] if ac.cells else None
     options = ", ".join(f"{k}={v}" for k, v in sorted((cell.data_options if cell else {})
-                                                       .items()))
+                                                       .items())
+                        if v is not None and k not in LOCATION_OPTIONS)
     data = ac.dataset.name + (f" ({options})" if options else "")
-    if profile == "quick" and ac.dataset.name in QUICK_DATA_OPTIONS:
-        data += (" — the quick profile trains on a tenth of the synthetic cohort to keep the "
-                 "whole paper within CPU minutes; a smoke test, not a ranking")
     if ac.dataset.note:
         data += f" — {ac.dataset.note}"
     seeds = sorted({int(s) for s in (ok["seed"] if len(ok) else frame["seed"].dropna())})
@@ -107,7 +105,7 @@ def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "
                       for r in ok.itertuples()}) if len(ok) else ["n/a"]
     epochs = values("epochs")
     parts = [f"Data set {data}.",
-             f"Profile {profile} ({get_profile(profile).description}); seeds "
+             f"Profile {profile} ({get_profile(profile).purpose}); seeds "
              f"{', '.join(map(str, seeds)) or 'n/a'}; epochs trained {epochs}; device "
              f"{'; '.join(devices)}; code {values('code_version')}.", extra]
     return " ".join(p for p in parts if p).strip()

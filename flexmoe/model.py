@@ -24,18 +24,19 @@ generalize=False`` (w/o ES + EG: plain noisy top-k SMoE, shuffled from the first
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import ModalityTokenizer, TransformerBlock
+from bench.blocks import AttnResidual, ModalityTokenizer, TransformerBlock
 from bench.data.core import Batch, DataSpec
 from bench.model import SHARED_TRAINING, BenchModel
 from bench.registry import register_model
 from flexmoe.moe import GateOutput, SparseMoE
 from flexmoe.router import flexmoe_router_loss
 
+WarmupOrder = Literal["descending", "ascending", "random"]
 WARMUP_ORDERS = {"descending": "descending", "ascending": "ascending", "random": "fixed-random"}
 
 #: The paper's Table 6 per data family; other data sets get E = max(16, 2^M) so every
@@ -70,7 +71,8 @@ class FlexMoE(BenchModel):
                  num_experts: int = 16, top_k: int = 4, num_heads: int = 4, num_layers: int = 1,
                  dropout: float = 0.5, gate_loss_weight: float = 0.01, warmup_epochs: int = 5,
                  specialize: bool = True, generalize: bool = True, bank: bool = True,
-                 warmup_order: str = "descending", attn_residual: str = "official",
+                 warmup_order: WarmupOrder = "descending",
+                 attn_residual: AttnResidual = "official",
                  exclude_top1: bool = False) -> None:
         super().__init__(spec)
         m = spec.num_modalities

@@ -49,7 +49,7 @@ def test_list_models_and_datasets(capsys):
     (["run", "--models", "nope"], "unknown model 'nope'; registered models: "),
     (["run", "--models", "tf", "--combos", "IX"], "unknown modality letter"),
     (["run", "--models", "tf", "--dataset", "nowhere"], "unknown data set 'nowhere'"),
-    (["run", "--models", "tf", "--set", "lr"], "expects key=value"),
+    (["run", "--models", "tf", "--set", "lr"], "expects KEY=VALUE"),
     (["run", "--models", "tf", "--plugin", "no_such_module"], "could not import plug-in"),
 ])
 def test_bad_input_gets_one_clear_message(args, message, capsys, tmp_path):
@@ -99,11 +99,15 @@ def test_killed_grid_resumes_without_loss(tmp_path):
     assert tf_rows["created_at"].to_dict() == kept.set_index("key")["created_at"].to_dict()
 
 
+def _dry_run(capsys, *args: str) -> dict:
+    assert main(["run", "--models", "tf", "--combos", "IG", "--dry-run", *args]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return record
+
+
 def test_quick_run_uses_the_small_synthetic_cohort_unless_told(capsys):
-    assert main(["run", "--models", "tf", "--combos", "IG", "--dry-run"]) == 0
-    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert record["data_options"] == {"scale": 0.1}
-    assert main(["run", "--models", "tf", "--combos", "IG", "--dry-run",
-                 "--data-option", "scale=1"]) == 0
-    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert record["data_options"] == {"scale": 1}
+    assert _dry_run(capsys)["data_options"] == {"scale": 0.1, "seed": 0, "split_file": None}
+    assert _dry_run(capsys, "--data-option", "scale=1")["data_options"]["scale"] == 1.0
+    # another option keeps the profile's cohort size, as reproduce does
+    assert _dry_run(capsys, "--data-option", "seed=1")["data_options"] == {
+        "scale": 0.1, "seed": 1, "split_file": None}

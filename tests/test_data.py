@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.config import load_data
 from bench.data.core import MultimodalData, combinations
 from bench.data.splits import make_split, read_split_file
 from bench.registry import create_dataset
-from bench.runner import load_data
 from tests.conftest import toy_arrays
 
 ADNI_COUNTS = {"IGCB": 1474, "C": 479, "ICB": 127, "GCB": 122, "IC": 157, "CB": 21}

@@ -170,7 +170,7 @@ def test_analysis_hooks_return_tidy_frames(adni):
 
 
 def test_top1_of_non_full_tokens_moves_to_the_combination_expert_during_training():
-    from bench.runner import load_data
+    from bench.config import load_data
     from bench.train import make_adam, seed_everything, train_step
     from flexmoe.analysis import specialisation
 

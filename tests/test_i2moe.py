@@ -67,7 +67,7 @@ def test_defaults_per_family():
             hp["interaction_loss_weight"]) == (32, 30, 4, 0.01)
     spec = spec_of({"A": 4, "B": 4}, family="custom")
     hp = resolve_hparams("i2moe", spec)
-    assert (hp["batch_size"], hp["epochs"]) == (8, 50) and "num_patches" not in hp
+    assert (hp["batch_size"], hp["epochs"], hp["num_patches"]) == (8, 50, 16)  # constructor
     assert create_model("i2moe", spec).interaction_loss_weight == 0.01
 
 

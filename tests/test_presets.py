@@ -87,8 +87,8 @@ def test_unregistered_models_are_named_and_tables_share_runs(monkeypatch):
     assert set(t1.unregistered) == set(ARTEFACTS["table1"].models()) - set(known)
     assert {c.model for c in t1.cells} == set(known)
     assert len(t1.cells) == 2 * 11 and all(c.seed == 0 for c in t1.cells)
-    assert all(c.data_options == {"scale": 0.1} for c in t1.cells)
+    assert all(c.data_options["scale"] == 0.1 for c in t1.cells)
     assert {c.key for c in t4.cells} <= {c.key for c in t1.cells}
     paper = presets.artefact_cells(ARTEFACTS["table3"], choice, "paper")
     assert [c.seed for c in paper.cells] == [0, 1, 2]
-    assert paper.cells[0].data_options == {} and "flexmoe-no-es" in paper.unregistered
+    assert paper.cells[0].data_options["scale"] == 1.0 and "flexmoe-no-es" in paper.unregistered

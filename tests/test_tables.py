@@ -7,8 +7,8 @@ import io
 import pandas as pd
 import pytest
 
+from bench.config import RunConfig as Cell
 from bench.presets import ABLATIONS, ADNI_COMBOS, ARTEFACTS, ArtefactCells, DatasetChoice
-from bench.runner import Cell
 from bench.tables import pivot, to_csv, to_html, to_latex, to_markdown
 from bench.views import ablation_view, complexity_view, metric_view
 

@@ -173,6 +173,12 @@ class MultimodalData:
     class_weights: tuple[float, ...] | None = None
     description: str = ""
     meta: dict = field(default_factory=dict)
+    #: Digest of the files the data were read from (``bench.data.digest``); for generated
+    #: data, of the generator's version. Part of every run's key.
+    content_digest: str = ""
+    #: Keep the letters' order as the user writes a combination (``folder:`` data, whose
+    #: file order means nothing) instead of the data set's canonical order.
+    keep_letter_order: bool = False
 
     @property
     def letters(self) -> str:
@@ -195,7 +201,8 @@ class MultimodalData:
     def from_arrays(cls, raw: RawArrays, name: str, family: str, *, split_seed: int = 0,
                     val_frac: float = 0.15, test_frac: float = 0.15,
                     splits: dict[str, np.ndarray] | None = None, description: str = "",
-                    meta: dict | None = None) -> MultimodalData:
+                    meta: dict | None = None, content_digest: str = "",
+                    keep_letter_order: bool = False) -> MultimodalData:
         """Validate arrays and build tensors; draw the split unless one is given."""
         validate_arrays(raw, name)
         if splits is None:
@@ -210,10 +217,12 @@ class MultimodalData:
             class_names=tuple(raw.class_names),
             splits={k: torch.as_tensor(np.sort(v), dtype=torch.long) for k, v in splits.items()},
             class_weights=raw.class_weights, description=description, meta=dict(meta or {}),
+            content_digest=content_digest, keep_letter_order=keep_letter_order,
         )
 
     def check_letters(self, letters: str) -> str:
-        """Validate a combination string against this data set; return it in canonical order."""
+        """Validate a combination string against this data set; return it in canonical order
+        (as given when ``keep_letter_order``: the run's modality order is the user's)."""
         known = self.letters
         if not letters:
             raise ValueError(f"empty modality combination for data set {self.name!r}; "
@@ -225,13 +234,13 @@ class MultimodalData:
                              f"({', '.join(f'{m.letter}={m.name}' for m in self.modalities)})")
         if len(set(letters)) != len(letters):
             raise ValueError(f"modality combination {letters!r} repeats a letter")
-        return "".join(c for c in known if c in letters)
+        return letters if self.keep_letter_order else "".join(c for c in known if c in letters)
 
     def spec(self, letters: str) -> DataSpec:
         letters = self.check_letters(letters)
         return DataSpec(
             dataset=self.name, family=self.family,
-            modalities=tuple(m for m in self.modalities if m.letter in letters),
+            modalities=tuple(self.modalities[self.letters.index(c)] for c in letters),
             all_modalities=self.modalities, num_classes=self.num_classes,
             class_names=self.class_names, class_weights=self.class_weights,
         )

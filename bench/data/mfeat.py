@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,8 @@ CLASS_NAMES = tuple(str(d) for d in range(10))
 #: ADNI's observed combinations (I G C B roles → views) and their counts in the paper.
 ADNI_PATTERN = (("FAKPZM", 1474), ("FM", 479), ("FKPM", 157), ("FKPZM", 127), ("FAZM", 122),
                 ("FZM", 21))
-MISSING = ("adni", "mcar", "none")
+MissingRule = Literal["adni", "mcar", "none"]
+MISSING: tuple[str, ...] = get_args(MissingRule)
 
 
 def read_views(root: Path) -> tuple[tuple[Modality, ...], dict[str, np.ndarray], np.ndarray]:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.arrays import Modality, RawArrays
+from bench.data.digest import files_digest
 
 SENTINEL = -2.0
 ADNI_LEAKY_PREFIXES = ("PTCOGBEG", "PTADDX", "PTADBEG")
@@ -56,6 +57,20 @@ def data_root(option: str | None, env: str, name: str) -> Path:
         raise FileNotFoundError(f"{name} data folder {root} does not exist (from "
                                 f"{'root=' if option else '$' + env})")
     return root
+
+
+#: Every file the readers below may read, per data set (relative to the data folder).
+FILES = {
+    "adni": ("label.csv", "PTID_splits.json", "image/ADNI_G.npy", "image/ADNI_subj.txt",
+             "genomic/genomic_merged.h5ad", "genomic/genomic_merged.csv",
+             "clinical/clinical_merged_mean.csv", "biospecimen/biospecimen_merged_mean.csv"),
+    "mimic": ("labels.csv", "PTID_splits_mimic.json", "lab_x.pt", "note_x.pt", "code_x.pt"),
+}
+
+
+def content_digest(root: Path, family: str) -> str:
+    """Digest of the bytes of every file of ``FILES[family]`` present under ``root``."""
+    return files_digest((name, root / name) for name in FILES[family] if (root / name).is_file())
 
 
 def configured(env: str) -> bool:

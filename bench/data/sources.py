@@ -7,8 +7,10 @@ from pathlib import Path
 
 from bench.data import folder, mfeat, official, synthetic_adni, synthetic_mimic
 from bench.data.core import MultimodalData
+from bench.data.digest import files_digest
 from bench.data.splits import make_split, read_split_file
 from bench.registry import register_dataset
+from bench.resources import shipped
 
 ADNI_ENV, MIMIC_ENV = "FLEXMOE_BENCH_ADNI", "FLEXMOE_BENCH_MIMIC"
 
@@ -19,16 +21,17 @@ def real_data_configured(family: str) -> bool:
 
 
 def datasets_root() -> Path:
-    """Where shipped data live: ``$FLEXMOE_BENCH_DATASETS`` or the checkout's ``datasets/``."""
+    """Where shipped data live: ``$FLEXMOE_BENCH_DATASETS`` or ``datasets/`` (bench.resources)."""
     env = os.environ.get("FLEXMOE_BENCH_DATASETS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "datasets"
+    return Path(env) if env else shipped("datasets")
 
 
 def _finish(raw, name: str, family: str, split_seed: int, split_file: str | None,
-            description: str, meta: dict) -> MultimodalData:
+            description: str, meta: dict, digest: str) -> MultimodalData:
     splits = read_split_file(split_file, raw.ids, name) if split_file else None
     return MultimodalData.from_arrays(raw, name, family, split_seed=split_seed, splits=splits,
-                                      description=description, meta=meta)
+                                      description=description, meta=meta,
+                                      content_digest=digest)
 
 
 @register_dataset("synthetic-adni")
@@ -39,7 +42,8 @@ def load_synthetic_adni(split_seed: int = 0, seed: int = 0, scale: float = 1.0,
     Figure 2 exactly (2,380 patients at scale 1). Card: datasets/synthetic-adni/README.md."""
     raw = synthetic_adni.generate(seed=seed, scale=scale)
     return _finish(raw, "synthetic-adni", "adni", split_seed, split_file,
-                   load_synthetic_adni.__doc__ or "", {"seed": seed, "scale": scale})
+                   load_synthetic_adni.__doc__ or "", {"seed": seed, "scale": scale},
+                   f"generator:synthetic-adni:v{synthetic_adni.VERSION}")
 
 
 @register_dataset("synthetic-mimic")
@@ -50,34 +54,55 @@ def load_synthetic_mimic(split_seed: int = 0, seed: int = 0, scale: float = 1.0,
     Card: datasets/synthetic-mimic/README.md."""
     raw = synthetic_mimic.generate(seed=seed, scale=scale)
     return _finish(raw, "synthetic-mimic", "mimic", split_seed, split_file,
-                   load_synthetic_mimic.__doc__ or "", {"seed": seed, "scale": scale})
+                   load_synthetic_mimic.__doc__ or "", {"seed": seed, "scale": scale},
+                   f"generator:synthetic-mimic:v{synthetic_mimic.VERSION}")
 
 
 @register_dataset("mfeat")
-def load_mfeat(split_seed: int = 0, missing: str = "adni", rate: float = 0.3,
+def load_mfeat(split_seed: int = 0, missing: mfeat.MissingRule = "adni", rate: float = 0.3,
                missing_seed: int = 0) -> MultimodalData:
     """UCI Multiple Features (real, shipped): 2,000 handwritten digits, 10 classes, six views
     F fourier, A profile, K karhunen_loeve, P pixels, Z zernike, M morphology. Missingness is
     simulated on the training part (missing=adni|mcar|none). Card: datasets/mfeat/README.md."""
-    raw, splits = mfeat.load(datasets_root() / "mfeat", split_seed, missing, rate, missing_seed,
+    root = datasets_root() / "mfeat"
+    raw, splits = mfeat.load(root, split_seed, missing, rate, missing_seed,
                              lambda obs, y, s: make_split(obs, y, s, name="mfeat"))
     return MultimodalData.from_arrays(raw, "mfeat", "mfeat", splits=splits,
                                       description=load_mfeat.__doc__ or "",
                                       meta={"missing": missing, "rate": rate,
-                                            "missing_seed": missing_seed})
+                                            "missing_seed": missing_seed},
+                                      content_digest=files_digest(
+                                          (p.name, p) for p in root.glob("mfeat-*.csv.gz")))
 
 
 @register_dataset("folder")
 def load_folder(path: str, split_seed: int = 0, family: str = "custom",
-                order: str | None = None) -> MultimodalData:
-    """Your own data, ``--dataset folder:PATH``: labels.csv (id,label) plus one
-    <L>_<name>.csv (id, features) per modality and an optional split.csv (id,split).
-    See bench/data/folder.py for the layout."""
-    raw = folder.read_folder(path, order)
+                order: str | None = None, standardize: bool = True) -> MultimodalData:
+    """Your own data, ``--dataset folder:PATH``: labels.csv (id,label: integers or class
+    names, mapped to classes in sorted order) plus one <L>_<name>.csv (id, numeric features)
+    per modality and an optional split.csv (id,split). Features are standardised on the
+    training split unless standardize=false. See bench/data/folder.py for the layout."""
+    if not isinstance(standardize, bool):
+        raise ValueError(f"folder data: standardize must be true or false, got {standardize!r}")
+    name = f"folder:{path}"
+    found = folder.read_folder(path, order)
+    raw, files = found.raw, list(found.files)
     split_file = Path(path) / "split.csv"
-    return _finish(raw, f"folder:{path}", family, split_seed,
-                   str(split_file) if split_file.is_file() else None,
-                   load_folder.__doc__ or "", {"path": str(path)})
+    if split_file.is_file():
+        splits = read_split_file(split_file, raw.ids, name)
+        files.append(("split.csv", split_file))
+    else:
+        splits = make_split(raw.observed, raw.labels, split_seed, name=name)
+    if standardize:
+        raw = folder.standardize(raw, splits["train"])
+    mapping = ", ".join(f"{label} -> {k}" for label, k in found.classes.items())
+    description = (f"{load_folder.__doc__ or ''}\nClasses (label -> index): {mapping}. "
+                   f"Features {'standardised on the training split' if standardize else 'raw'}.")
+    meta = {"path": str(path), "classes": dict(found.classes), "standardize": standardize,
+            "split_file": "split.csv" if split_file.is_file() else None}
+    return MultimodalData.from_arrays(raw, name, family, splits=splits, description=description,
+                                      meta=meta, content_digest=files_digest(files),
+                                      keep_letter_order=True)
 
 
 @register_dataset("adni")
@@ -93,7 +118,8 @@ def load_adni(root: str | None = None, split_seed: int = 0,
         splits = read_split_file(split_file, raw.ids, "adni")
     return MultimodalData.from_arrays(raw, "adni", "adni", split_seed=split_seed, splits=splits,
                                       description=load_adni.__doc__ or "",
-                                      meta={"root": str(folder_)})
+                                      meta={"root": str(folder_)},
+                                      content_digest=official.content_digest(folder_, "adni"))
 
 
 @register_dataset("mimic")
@@ -109,4 +135,5 @@ def load_mimic(root: str | None = None, split_seed: int = 0,
         splits = read_split_file(split_file, raw.ids, "mimic")
     return MultimodalData.from_arrays(raw, "mimic", "mimic", split_seed=split_seed, splits=splits,
                                       description=load_mimic.__doc__ or "",
-                                      meta={"root": str(folder_)})
+                                      meta={"root": str(folder_)},
+                                      content_digest=official.content_digest(folder_, "mimic"))

@@ -124,6 +124,11 @@ def _biospecimen(rng: Rng, sev: Arr, age: Arr, u: Arr, t: Arr) -> Arr:
     return x
 
 
+#: Version of the generator: bump it with any change that changes a generated value, so
+#: runs keyed on the old data are not matched (it is the data set's content digest).
+VERSION = 1
+
+
 def generate(seed: int = 0, scale: float = 1.0) -> RawArrays:
     """Build synthetic-adni: ADNI's combination counts times ``scale``, seeded throughout."""
     rng = np.random.default_rng(seed)

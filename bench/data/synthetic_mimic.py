@@ -101,6 +101,11 @@ def _codes(rng: Rng, acuity: Arr, burden: Arr, organs: Arr, u: Arr, t: Arr) -> A
     return (rng.random((n, f)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float64)
 
 
+#: Version of the generator: bump it with any change that changes a generated value, so
+#: runs keyed on the old data are not matched (it is the data set's content digest).
+VERSION = 1
+
+
 def generate(seed: int = 0, scale: float = 1.0) -> RawArrays:
     """Build synthetic-mimic: 4,000 admissions times ``scale``, seeded throughout."""
     rng = np.random.default_rng(seed)

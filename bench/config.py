@@ -1,0 +1,184 @@
+"""A run's identity: one resolved, canonical configuration, the only thing hashed.
+
+:class:`RunConfig` holds every setting that can change a number — the model and every
+constructor argument with its default filled in, the training settings, the data set with
+every loader option filled in and normalised, a digest of the data's content (the bytes of
+the files read, or the generator's version), the split, the combination, the seed and the
+profile. Its key is a hash of exactly that; the row stores it whole, and ``run --dry-run``
+prints it. Where data live (``root``, ``path``, ``split_file``) is recorded but not hashed:
+the same files reached by another path are the same run, and one changed byte is another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bench import registry
+from bench.data.core import MultimodalData
+from bench.hparams import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    SettingError,
+    check_value,
+    signature_types,
+)
+from bench.profiles import get_profile
+
+#: Version of the key's recipe: rows keyed by another version stay readable, never matched.
+KEY_VERSION = 2
+#: Loader options that say where data live rather than what they are (not hashed).
+LOCATION_OPTIONS = frozenset({"root", "path", "split_file"})
+#: Accepted ranges of the built-in loaders' numeric options.
+DATA_RANGES = {"scale": POSITIVE, "rate": Range(0, 1), "seed": NON_NEGATIVE,
+               "missing_seed": NON_NEGATIVE}
+
+
+def _loader_name(dataset: str) -> str:
+    return "folder" if dataset.startswith("folder:") else dataset
+
+
+def canonical_dataset(dataset: str) -> str:
+    """``folder:PATH`` with an absolute path (one folder, one name); other names as given."""
+    if dataset.startswith("folder:"):
+        path = dataset.split(":", 1)[1]
+        if not path:
+            raise SettingError("--dataset folder: needs a path, e.g. folder:data/mystudy")
+        return f"folder:{Path(path).expanduser().resolve()}"
+    return dataset
+
+
+def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+    """The canonical data-set name and every loader option, checked and normalised.
+
+    ``folder:PATH`` becomes an absolute path; options missing from ``options`` take the
+    loader's defaults; numbers take the annotated type (``scale=1`` is ``scale=1.0``).
+    """
+    if not dataset or not dataset.strip():
+        raise SettingError("the data set name is empty; pass --dataset NAME (run_bench.py "
+                           "list datasets) or --dataset folder:PATH")
+    loader = registry.dataset_loader(_loader_name(dataset))
+    dataset = canonical_dataset(dataset)
+    settings = signature_types(loader)
+    settings = {k: v for k, v in settings.items() if k not in ("split_seed", "path")}
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(settings))
+    if unknown:
+        accepted = ", ".join(sorted(settings)) or "none"
+        raise SettingError(f"data set {dataset!r} has no option {', '.join(map(repr, unknown))}; "
+                           f"it accepts: {accepted}")
+    out = {}
+    for key, (tp, default) in sorted(settings.items()):
+        value = given.get(key, default)
+        out[key] = check_value(f"data set {dataset!r}", key, value, tp, DATA_RANGES,
+                               conventions=False)
+        if key in LOCATION_OPTIONS and isinstance(out[key], str):
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    return dataset, out
+
+
+def _stat_signature(dataset: str, options: dict[str, Any]) -> tuple:
+    """Sizes and modification times of the files behind a data set (cache invalidation
+    within one process; the key itself uses the content digest)."""
+    roots = [dataset.split(":", 1)[1]] if dataset.startswith("folder:") else []
+    roots += [v for k, v in options.items() if k in LOCATION_OPTIONS and isinstance(v, str)]
+    sig = []
+    for root in roots:
+        p = Path(root)
+        files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) \
+            if p.is_dir() else []
+        sig += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return tuple(sig)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(dataset: str, options_json: str, split_seed: int,
+                 signature: tuple) -> MultimodalData:
+    return registry.create_dataset(dataset, split_seed=split_seed, **json.loads(options_json))
+
+
+def load_data(dataset: str, options: dict[str, Any] | None = None,
+              split_seed: int = 0) -> MultimodalData:
+    """Load a data set with its options and split (once per process and file version)."""
+    name, opts = resolve_data(dataset, options)
+    return _load_cached(name, json.dumps(opts, sort_keys=True), int(split_seed),
+                        _stat_signature(name, opts))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of a grid, fully resolved (see the module docstring)."""
+
+    model: str
+    dataset: str
+    combo: str
+    seed: int
+    hparams: dict[str, Any]
+    profile: str = "quick"
+    split_seed: int = 0
+    data_options: dict[str, Any] = field(default_factory=dict)
+    data_digest: str = ""
+    split_digest: str = ""
+    plugins: tuple[str, ...] = ()
+
+    def identity(self) -> dict[str, Any]:
+        """Everything the key hashes."""
+        return {"v": KEY_VERSION, "model": self.model, "hparams": self.hparams,
+                "dataset": _loader_name(self.dataset),
+                "data_options": {k: v for k, v in self.data_options.items()
+                                 if k not in LOCATION_OPTIONS},
+                "data_digest": self.data_digest, "split_seed": self.split_seed,
+                "split_digest": self.split_digest, "combo": self.combo, "seed": self.seed,
+                "profile": self.profile}
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """The whole configuration as stored with the run and printed by ``--dry-run``."""
+        return {**self.identity(), "dataset": self.dataset, "data_options": self.data_options,
+                "plugins": list(self.plugins), "key": self.key}
+
+
+def _names(values: Sequence[Any] | None, what: str, example: str) -> None:
+    if values is not None and not list(values):
+        raise SettingError(f"{what} is empty; give a comma-separated list, e.g. {example}")
+
+
+def build_grid(models: Sequence[str], dataset: str, combos: Sequence[str] | None = None,
+               seeds: Sequence[int] | None = None, profile: str = "quick",
+               overrides: dict[str, Any] | None = None,
+               data_options: dict[str, Any] | None = None, split_seed: int = 0,
+               plugins: Sequence[str] = ()) -> list[RunConfig]:
+    """Resolve every run of models × combinations × seeds; every bad name, letter or setting
+    is an error here, before anything trains. ``data_options`` are the user's: the profile's
+    own options (e.g. the quick profile's smaller synthetic cohorts) go under them."""
+    _names(models, "the list of models", "tf,flexmoe")
+    _names(combos, "the list of combinations", "IG,IGCB")
+    _names(seeds, "the list of seeds", "0,1,2")
+    prof = get_profile(profile)
+    split_seed = check_value("--split-seed", "split_seed", split_seed, int,
+                             {"split_seed": NON_NEGATIVE}, conventions=False)
+    name, options = resolve_data(dataset, prof.options_for(dataset, data_options))
+    data = load_data(name, options, split_seed)
+    combos = [data.check_letters(c) for c in (prof.default_combos(data.letters)
+                                              if combos is None else combos)]
+    seeds = [check_value("--seeds", "seed", s, int, {"seed": NON_NEGATIVE}, conventions=False)
+             for s in (prof.default_seeds() if seeds is None else seeds)]
+    digest, split = data.content_digest, data.split_digest
+    cells = []
+    for model in models:
+        registry.model_class(model)
+        for combo in combos:
+            hp = registry.resolve_hparams(model, data.spec(combo), overrides, profile)
+            cells += [RunConfig(model, name, combo, int(seed), hp, profile, split_seed, options,
+                                digest, split, tuple(plugins)) for seed in seeds]
+    return cells
