@@ -228,10 +228,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "datasets":
+        from bench.hparams import signature_types
+
         for name in registry.list_datasets():
+            options = {k: d for k, (_, d) in signature_types(registry.dataset_loader(name)).items()
+                       if k not in ("split_seed", "path")}
             print(f"{name if name != 'folder' else 'folder:PATH'}")
             print(textwrap.indent(textwrap.fill(" ".join(registry.dataset_doc(name).split()),
                                                 88), "    "))
+            print(textwrap.indent(textwrap.fill("options (--data-option): " + (", ".join(
+                f"{k}={d}" for k, d in options.items()) or "none"), 88), "    "))
         return 0
     from bench.config import load_data
 

@@ -26,10 +26,22 @@ METRICS = ("test_acc", "test_f1", "test_auc", "val_acc", "val_f1", "val_auc")
 
 def select_runs(df: pd.DataFrame, dataset: str | None = None,
                 profile: str | None = None) -> tuple[pd.DataFrame, str, str]:
-    """Successful runs of one data set and profile (default: those of the latest run)."""
+    """Successful runs of one data set and profile (default: those of the latest run).
+
+    Runs keyed by an older recipe (``key_version``) are left out: their configuration was
+    not fully recorded, so they cannot be told apart from today's runs of the same cell."""
+    from bench.config import KEY_VERSION
+
     ok = df[df["status"] == "ok"]
     if ok.empty:
         raise ValueError("the store holds no successful run yet")
+    if "key_version" in ok:
+        current = ok[ok["key_version"] == KEY_VERSION]
+        if current.empty:
+            raise ValueError(f"the store holds only runs keyed by an older version of the suite "
+                             f"(key version {sorted(set(ok['key_version'].dropna()))}); run the "
+                             "grid again — old rows stay readable with bench.store.load_results")
+        ok = current
     dataset = dataset or ok["dataset"].iloc[-1]
     ok = ok[ok["dataset"] == dataset]
     if ok.empty:

@@ -20,6 +20,7 @@ from bench.model import BenchModel
 from bench.profiles import PROFILES, get_profile
 from bench.runner import execute
 from bench.store import load_results
+from bench.tables import select_runs
 from tests.conftest import spec_of
 
 SMALL = {"scale": 0.1}
@@ -206,6 +207,24 @@ def test_dry_run_prints_the_whole_configuration(capsys):
     assert record["hparams"]["missing_fill"] == "zero_embed" and record["hparams"]["epochs"] == 3
     assert record["data_digest"] and record["split_digest"] and record["v"] == config.KEY_VERSION
     assert record["key"] == build_grid(["tf"], "synthetic-adni", ["IG"], [0])[0].key
+
+
+def test_list_datasets_shows_each_loaders_options(capsys):
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "options (--data-option): seed=0, scale=1.0, split_file=None" in out
+    assert "standardize=True" in out
+
+
+def test_tables_leave_out_rows_of_an_older_key_version():
+    row = {"status": "ok", "dataset": "synthetic-adni", "profile": "quick", "model": "tf",
+           "combo": "IG", "seed": 0, "test_acc": 0.5, "hparams": {}}
+    old = pd.DataFrame([{**row, "key": "a", "key_version": 1}])
+    with pytest.raises(ValueError, match="only runs keyed by an older version"):
+        select_runs(old)
+    both = pd.concat([old, pd.DataFrame([{**row, "key": "b",
+                                          "key_version": config.KEY_VERSION}])])
+    assert select_runs(both)[0]["key"].tolist() == ["b"]
 
 
 def test_list_models_shows_every_setting(capsys):
