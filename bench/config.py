@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.data.core import MultimodalData
+from bench.data.core import EvalRule, MultimodalData
 from bench.hparams import (
     NON_NEGATIVE,
     POSITIVE,
@@ -35,6 +35,8 @@ from bench.profiles import get_profile
 KEY_VERSION = 2
 #: Loader options that say where data live rather than what they are (not hashed).
 LOCATION_OPTIONS = frozenset({"root", "path", "split_file"})
+#: Options every data set takes, applied after loading: name → (type, default).
+COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {"eval": (EvalRule, "complete")}
 #: Accepted ranges of the built-in loaders' numeric options.
 DATA_RANGES = {"scale": POSITIVE, "rate": Range(0, 1), "seed": NON_NEGATIVE,
                "missing_seed": NON_NEGATIVE}
@@ -67,6 +69,7 @@ def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[s
     dataset = canonical_dataset(dataset)
     settings = signature_types(loader)
     settings = {k: v for k, v in settings.items() if k not in ("split_seed", "path")}
+    settings.update(COMMON_OPTIONS)
     given = dict(options or {})
     unknown = sorted(set(given) - set(settings))
     if unknown:
@@ -107,8 +110,10 @@ def load_data(dataset: str, options: dict[str, Any] | None = None,
               split_seed: int = 0) -> MultimodalData:
     """Load a data set with its options and split (once per process and file version)."""
     name, opts = resolve_data(dataset, options)
-    return _load_cached(name, json.dumps(opts, sort_keys=True), int(split_seed),
+    loader_opts = {k: v for k, v in opts.items() if k not in COMMON_OPTIONS}
+    data = _load_cached(name, json.dumps(loader_opts, sort_keys=True), int(split_seed),
                         _stat_signature(name, opts))
+    return replace(data, eval_rule=opts["eval"])
 
 
 @dataclass(frozen=True)

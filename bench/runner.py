@@ -28,6 +28,7 @@ import bench
 from bench import registry
 from bench.complexity import count_params, forward_flops, fvcore_macs
 from bench.config import KEY_VERSION, RunConfig, load_data
+from bench.data.core import RunData
 from bench.resources import checkout_root
 from bench.store import ResultStore, write_receipt
 from bench.train import fit, seed_everything
@@ -101,7 +102,7 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu") -> dict[str, An
             status="ok", error=None, split_digest=data.split_digest, run_info=model.run_info(),
             val_acc=result.val["acc"], val_f1=result.val["f1"], val_auc=result.val["auc"],
             test_acc=result.test["acc"], test_f1=result.test["f1"], test_auc=result.test["auc"],
-            metric_notes=result.notes,
+            metric_notes={**result.notes, **excluded_note(data)},
             best_epoch=result.best_epoch, epochs=len(result.epoch_s),
             val_acc_curve=result.val_acc_curve,
             n_train=int(data.splits["train"].numel()), n_val=int(data.splits["val"].numel()),
@@ -122,6 +123,15 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu") -> dict[str, An
     row["train_seconds"] = time.perf_counter() - t0
     row["created_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return row
+
+
+def excluded_note(data: RunData) -> dict[str, str]:
+    """A note on evaluation samples left out for observing none of the run's modalities."""
+    if not any(data.excluded.values()):
+        return {}
+    return {"samples": f"eval=all: {data.excluded.get('val', 0)} validation and "
+                       f"{data.excluded.get('test', 0)} test sample(s) observe none of "
+                       f"{data.spec.letters} and are not scored"}
 
 
 def _worker(cell: RunConfig, device: str, receipts: str, threads: int) -> dict[str, Any]:

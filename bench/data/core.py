@@ -13,6 +13,7 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,6 +23,11 @@ from bench.data.arrays import Modality, RawArrays
 from bench.data.splits import make_split
 
 ORDERS = ("shuffle", "sequential", "fixed-random", "descending", "ascending")
+#: ``complete``: validation and test score the samples that have every modality of the run
+#: (the suite's rule: every model on the same samples); ``all``: every sample with at least
+#: one of them, through each model's missing-modality path (the released Flex-MoE code).
+EvalRule = Literal["complete", "all"]
+EVAL_RULES: tuple[str, ...] = get_args(EvalRule)
 
 
 def combinations(letters: str) -> tuple[str, ...]:
@@ -94,6 +100,9 @@ class RunData:
     ids: np.ndarray
     splits: dict[str, Tensor]
     split_digest: str = ""
+    #: Evaluation samples left out because they observe none of the run's modalities
+    #: (``eval="all"`` only), per split.
+    excluded: dict[str, int] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -179,6 +188,8 @@ class MultimodalData:
     #: Keep the letters' order as the user writes a combination (``folder:`` data, whose
     #: file order means nothing) instead of the data set's canonical order.
     keep_letter_order: bool = False
+    #: Which validation and test samples a run scores (:data:`EVAL_RULES`).
+    eval_rule: str = "complete"
 
     @property
     def letters(self) -> str:
@@ -260,17 +271,25 @@ class MultimodalData:
         """The paper's protocol for one combination of modalities.
 
         Train on training samples with at least one chosen modality; validate and test on
-        samples that have all of them, so every model is scored on the same samples.
+        samples that have all of them, so every model is scored on the same samples
+        (``eval_rule="complete"``), or on every sample with at least one of them
+        (``"all"``: samples with none are left out and counted in ``RunData.excluded``).
         """
         letters = self.check_letters(letters)
         spec = self.spec(letters)
         cols = [self.letters.index(c) for c in letters]
         obs = self.observed[:, cols]
+        if self.eval_rule not in EVAL_RULES:
+            raise ValueError(f"unknown evaluation rule {self.eval_rule!r}; expected one of "
+                             f"{EVAL_RULES}")
+        scored = obs.all(1) if self.eval_rule == "complete" else obs.any(1)
         splits = {
             "train": _keep(self.splits["train"], obs.any(1)),
-            "val": _keep(self.splits["val"], obs.all(1)),
-            "test": _keep(self.splits["test"], obs.all(1)),
+            "val": _keep(self.splits["val"], scored),
+            "test": _keep(self.splits["test"], scored),
         }
+        excluded = ({part: int((~obs.any(1)).index_select(0, self.splits[part]).sum())
+                     for part in ("val", "test")} if self.eval_rule == "all" else {})
         for part, idx in splits.items():
             if idx.numel() == 0:
                 raise ValueError(f"data set {self.name!r}, combination {letters!r}: the {part} "
@@ -283,7 +302,7 @@ class MultimodalData:
         return RunData(
             spec=spec, features={c: self.features[c] for c in letters}, observed=obs,
             combo=self.combo_index(letters), labels=self.labels, ids=self.ids, splits=splits,
-            split_digest=self.split_digest,
+            split_digest=self.split_digest, excluded=excluded,
         )
 
     def combo_counts(self, letters: str | None = None) -> dict[str, int]:
