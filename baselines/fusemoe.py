@@ -1,8 +1,10 @@
 """FuseMoE — mixture-of-experts fusion with Laplace gating (Han et al., NeurIPS 2024).
 
-Follows the sparse-MoE "cross encoder" of public forks of the official code
-(``src/core/module.py``, ``sparse_moe.py``, ``model.py``, ``utils/util.py``; MODELS.md §6),
-on per-modality patch tokens.
+Follows the sparse-MoE "cross encoder" of the released code (``src/core/module.py``,
+``sparse_moe.py``, ``model.py``, ``train.py``, ``utils/util.py``; MODELS.md §6), read in forks
+that keep it (the authors' history, last upstream commit c5acf6f, survives in
+bddupre92/FuseMoE_Migraines; pham156/FuseMoE_poly changes it in places named below), on
+per-modality patch tokens.
 
 Choices:
 
@@ -15,10 +17,21 @@ Choices:
 * [code] Each of ``num_layers`` layers, per modality i (own weights per modality):
   ``x_i += SelfAttn_i(LN(x_i))`` (the shared :class:`~bench.blocks.Attention`, ``num_heads``
   8, whose output dropout is the residual dropout; its q/kv projections have no bias, unlike
-  fairseq's MHA), then the MoE over whole sequences: ``u_i = flatten(LN(x_i)) ∈ R^{P·H}``,
+  fairseq's MHA), then the MoE over whole sequences: ``u_i = flatten(LN(x_i)) ∈ R^{P·H}``
+  (how, next item),
   ``x_i += Dropout(y_i)`` with y split into M chunks of P·H, then the FFN
   ``x_i += Dropout(fc2(Dropout(ReLU(fc1(LN(x_i))))))``, fc1 H → 4H. After the stack a
   LayerNorm per modality.
+* [ours] ``flatten="sample"`` (default): u_i[b] is sample b's own P·H tokens, and y goes back
+  the same way. This deliberately corrects the released layer, which keeps sequences
+  time-first ``(P, B, H)`` and calls ``torch.reshape(x, (bs, -1))``: that cuts the buffer into
+  B consecutive blocks of P·H, so row b holds the tokens of a few positions of several
+  samples (for B = P, position b of every sample), each routed vector mixes samples, and a
+  sample's output depends on its batch-mates and its place in the batch (the inverse reshape
+  puts the outputs back in the same mixed order). Reason for the correction: a routed vector
+  should be one sample's sequence, so that a prediction does not change with the batch it
+  sits in (its batch-mates, its order, the batch size in evaluation). ``flatten="batch"``
+  reproduces the released reshape, for fidelity checks only (not with ``skip_missing_moe``).
 * [code] ``router_type="permod"`` (default; the paper's per-modality routers): one
   :class:`~flexmoe.moe.NoisyTopKGate` per modality on u_i, one shared pool of E experts
   R^{P·H} → R^{M·P·H}, ``y = Σ_i MoE_i(u_i)``. The gates are registered modules, so they
@@ -38,10 +51,21 @@ Choices:
   84 M for E = 16), which makes this the largest and slowest model of the suite.
 * [code] ``combine="logmix"``: expert outputs pass a log-softmax over features and the
   mixture is taken in probability space, ``MoE(u) = log Σ_k g_k · exp(expert_k(u))`` (the
-  released quirk: y sits near −log(M·P·H) per feature, an offset that the LayerNorms after
-  it mostly remove); ``"sum"`` is the plain weighted sum.
-* [code] Balance loss ``(cv²(Σ gates) + cv²(load)) · balance_weight`` (0.01), the load from
-  the noisy top-k probabilities in training, summed over modalities (permod) and layers.
+  released quirk). Each mixture is the log of a distribution over M·P·H features, so it sits
+  near −log(M·P·H) per feature, and permod sums the M modalities' mixtures, so y sits near
+  −M·log(M·P·H) (joint: −log(M·P·H); with ``skip_missing_moe`` −m·log(M·P·H) for m routed
+  modalities), an offset that the LayerNorms after it mostly remove. ``"sum"`` is the plain
+  weighted sum.
+* [code] No balance loss by default (``balance_weight=0.0``): the released MoE computes
+  ``(cv²(Σ gates) + cv²(load)) · loss_coef`` (loss_coef 1e-2, its forward's default) and
+  returns it, but ``TransformerCrossEncoderLayer`` drops it (only the sequences go on) and
+  the training loop back-propagates the task loss only. The fork pham156/FuseMoE_poly (and
+  kelloc02/CSDI_FuseMoe, which carries the same change) passes it up and adds
+  ``balance_loss_coef`` (0.01) times it under ``--use_balance_loss``, a flag that is off by
+  default (its run scripts turn it on): 0.01 · 0.01 = 1e-4 in all. [code, fork only]
+  ``balance_weight > 0`` adds ``balance_weight · Σ (cv²(Σ gates) + cv²(load))``, the load
+  from the noisy top-k probabilities in training, summed over modalities (permod) and layers
+  (1e-4 reproduces that fork with its flag on).
 * Missing modalities: [code] the read ``MULTCrossModel`` zeroes a missing modality's
   projected sequence (without its type embedding) before the encoder, and the MoE has no
   missing-modality logic; here the encoder output tokens are zero-filled
@@ -49,8 +73,11 @@ Choices:
   position embedding. ``skip_missing_moe=True`` [ours, permod only] leaves a missing
   modality's vector out of its router, the experts and the balance loss.
 * Head: ``head="linear"`` [ours]: mean over each modality's tokens, concatenated, one
-  Linear → C; ``"residual"`` [code, ``FlexiModalMULTCrossModel``]: the same pooled vector z,
-  ``z + fc2(Dropout(ReLU(fc1(z))))``, then Linear → C.
+  Linear → C; ``"residual"``: the same pooled vector z, ``z + fc2(Dropout(ReLU(fc1(z))))``,
+  then Linear → C [code, fork only: ``FlexiModalMULTCrossModel``, a PAMAP2 class that exists
+  only in the fork pham156/FuseMoE_poly, not in the released code]; the released
+  ``MULTCrossModel`` has the same residual MLP but on each modality's last position
+  (``hid[-1]``), not on the mean.
 * Hyper-parameters: dropout 0.1 everywhere and 8 heads [code defaults]; E 16, k 4, H 128,
   P 16, 1 layer, permod + Laplace [ours, the Flex-MoE setting]; training by the shared
   protocol (Adam lr 1e-4, batch 8, 50 epochs; the code's own 4e-4 with weight decay and a
@@ -77,8 +104,9 @@ ExpertInit = Literal["linear", "fastmoe"]
 Head = Literal["linear", "residual"]
 Combine = Literal["logmix", "sum"]
 GateLogits = Literal["laplace", "dot"]
+Flatten = Literal["sample", "batch"]
 ROUTER_TYPES, EXPERT_INITS = get_args(RouterType), get_args(ExpertInit)
-HEADS, COMBINES = get_args(Head), get_args(Combine)
+HEADS, COMBINES, FLATTENS = get_args(Head), get_args(Combine), get_args(Flatten)
 
 
 def linear_init_(experts: Experts) -> None:
@@ -91,7 +119,7 @@ def linear_init_(experts: Experts) -> None:
 
 
 class ResidualHead(nn.Module):
-    """The released model's head: z + fc2(Dropout(ReLU(fc1(z)))), then Linear → C."""
+    """z + fc2(Dropout(ReLU(fc1(z)))), then Linear → C (the fork's FlexiModalMULTCrossModel)."""
 
     def __init__(self, width: int, num_classes: int, dropout: float) -> None:
         super().__init__()
@@ -141,10 +169,11 @@ class FuseMoELayer(nn.Module):
 
     def __init__(self, num_modalities: int, num_patches: int, hidden: int, num_heads: int,
                  num_experts: int, top_k: int, expert_hidden: int, router_type: str,
-                 logits: str, noisy: bool, combine: str, dropout: float) -> None:
+                 logits: str, noisy: bool, combine: str, dropout: float,
+                 flatten: Flatten = "sample") -> None:
         super().__init__()
         m, d = num_modalities, num_patches * hidden
-        self.router_type = router_type
+        self.router_type, self.flatten = router_type, flatten
 
         def per_modality(make: Callable[[], nn.Module]) -> nn.ModuleList:
             return nn.ModuleList(make() for _ in range(m))
@@ -171,15 +200,29 @@ class FuseMoELayer(nn.Module):
         y, gate = self.moe(u.transpose(0, 1).flatten(1))
         return y, [gate]
 
-    def forward(self, xs: list[Tensor], keep: Tensor | None) -> tuple[list[Tensor], Tensor]:
+    def to_vector(self, x: Tensor) -> Tensor:
+        """[B, P, H] → [B, P·H]: per sample, or (``"batch"``) the released time-first reshape."""
+        if self.flatten == "sample":
+            return x.flatten(1)
+        return x.transpose(0, 1).reshape(x.shape[0], -1)
+
+    def from_vector(self, y: Tensor, p: int, h: int) -> Tensor:
+        """The inverse of :meth:`to_vector`: [B, P·H] → [B, P, H]."""
+        if self.flatten == "sample":
+            return y.view(-1, p, h)
+        return y.reshape(p, -1, h).transpose(0, 1)
+
+    def forward(self, xs: list[Tensor], keep: Tensor | None
+                ) -> tuple[list[Tensor], list[GateOutput]]:
+        """One layer → (new sequences, routing states of its MoE calls)."""
         xs = [x + attn(norm(x)) for x, attn, norm in zip(xs, self.attns, self.attn_norms)]
-        u = torch.stack([norm(x).flatten(1) for x, norm in zip(xs, self.moe_norms)])
+        u = torch.stack([self.to_vector(norm(x)) for x, norm in zip(xs, self.moe_norms)])
         y, gates = self.route(u, keep)
         b, p, h = xs[0].shape
-        y = y.view(b, len(xs), p, h)
-        xs = [x + self.drop(y[:, j]) for j, x in enumerate(xs)]
+        y = y.view(b, len(xs), p * h)
+        xs = [x + self.drop(self.from_vector(y[:, j], p, h)) for j, x in enumerate(xs)]
         xs = [x + self.drop(ffn(norm(x))) for x, ffn, norm in zip(xs, self.ffns, self.ffn_norms)]
-        return xs, sum(balance_loss(g) for g in gates)
+        return xs, gates
 
 
 @register_model("fusemoe")
@@ -190,9 +233,10 @@ class FuseMoE(BenchModel):
                  num_experts: int = 16, top_k: int = 4, expert_hidden: int = 512,
                  num_heads: int = 8, num_layers: int = 1, dropout: float = 0.1,
                  router_type: RouterType = "permod", logits: GateLogits = "laplace",
-                 noisy: bool = True, combine: Combine = "logmix", balance_weight: float = 0.01,
+                 noisy: bool = True, combine: Combine = "logmix", balance_weight: float = 0.0,
                  expert_init: ExpertInit = "linear", skip_missing_moe: bool = False,
-                 head: Head = "linear", missing_fill: MissingFill = "zero_embed") -> None:
+                 head: Head = "linear", missing_fill: MissingFill = "zero_embed",
+                 flatten: Flatten = "sample") -> None:
         super().__init__(spec)
         if router_type not in ROUTER_TYPES:
             raise ValueError(f"router_type must be one of {ROUTER_TYPES}, got {router_type!r}")
@@ -202,9 +246,14 @@ class FuseMoE(BenchModel):
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if flatten not in FLATTENS:
+            raise ValueError(f"flatten must be one of {FLATTENS}, got {flatten!r}")
         if skip_missing_moe and router_type != "permod":
             raise ValueError("skip_missing_moe needs router_type='permod' (a joint router "
                              "sees every modality at once)")
+        if skip_missing_moe and flatten != "sample":
+            raise ValueError("skip_missing_moe needs flatten='sample' (a batch-flattened "
+                             "vector mixes samples)")
         m = spec.num_modalities
         self.router_type, self.skip_missing_moe = router_type, skip_missing_moe
         self.missing_fill, self.balance_weight = missing_fill, balance_weight
@@ -215,7 +264,7 @@ class FuseMoE(BenchModel):
         self.embed_drop = Dropout(dropout)
         self.layers = nn.ModuleList(
             FuseMoELayer(m, num_patches, hidden, num_heads, num_experts, top_k, expert_hidden,
-                         router_type, logits, noisy, combine, dropout)
+                         router_type, logits, noisy, combine, dropout, flatten)
             for _ in range(num_layers))
         if expert_init == "linear":
             for layer in self.layers:
@@ -243,7 +292,8 @@ class FuseMoE(BenchModel):
         keep = batch.observed if self.skip_missing_moe else None
         aux = xs[0].new_zeros(())
         for layer in self.layers:
-            xs, loss = layer(xs, keep)
-            aux = aux + loss
+            xs, gates = layer(xs, keep)
+            if self.balance_weight:  # the released training adds no balance loss
+                aux = aux + self.balance_weight * sum(balance_loss(g) for g in gates)
         pooled = torch.cat([norm(x).mean(1) for x, norm in zip(xs, self.final_norms)], dim=1)
-        return self.head(pooled), self.balance_weight * aux
+        return self.head(pooled), aux

@@ -12,6 +12,10 @@ Choices:
   (``attn_residual="standard"``); every ``moe_every``-th block (V-MoE's "every other layer":
   blocks 2, 4, … counting from 1) replaces its MLP by a sparse MoE of ``num_experts`` experts.
   ``num_layers`` 2 [ours] gives one dense and one MoE block.
+* [code] Attention branch dropped once, as the ViT / V-MoE encoder block that LIMoE builds
+  on (google-research/vmoe ``vit_moe.EncoderBlock``: attention → Dropout → ``+ inputs``, no
+  dropout inside the attention's output projection): ``attn_dropouts="once"``; ``"twice"``
+  is the Flex-MoE block's projection dropout followed by the residual's.
 * [paper] Router: softmax over all E logits x·W (``gate_softmax="all"``), the gate value of a
   chosen expert is its probability. ``top_k`` 2 [ours, MODELS §5.5: K ∈ {1, 2, 4}];
   ``noisy=False`` [unverified] (MODELS §13: LIMoE without router noise).
@@ -46,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import MissingFill, ModalityTokenizer, TransformerBlock
+from bench.blocks import AttnDropouts, MissingFill, ModalityTokenizer, TransformerBlock
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -98,7 +102,8 @@ class LIMoE(BenchModel):
                  moe_every: int = 2, mlp_ratio: int = 4, dropout: float = 0.5,
                  noisy: bool = False, w_local: float = 0.01, w_global: float = 0.01,
                  tau: float | None = None, w_balance: float = 0.005,
-                 missing_fill: MissingFill = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed",
+                 attn_dropouts: AttnDropouts = "once") -> None:
         super().__init__(spec)
         if moe_every < 1 or num_layers < moe_every:
             raise ValueError(f"num_layers={num_layers} must be ≥ moe_every={moe_every} ≥ 1 "
@@ -112,9 +117,10 @@ class LIMoE(BenchModel):
         self.blocks = nn.ModuleList(
             MoEBlock(hidden, num_heads, dropout=dropout, mlp=SparseMoE(
                 hidden, num_experts, top_k, d_hidden=mlp_ratio * hidden, noisy=noisy,
-                gate_softmax="all"))
+                gate_softmax="all"), attn_dropouts=attn_dropouts)
             if (i + 1) % moe_every == 0
-            else TransformerBlock(hidden, num_heads, mlp_ratio, dropout)
+            else TransformerBlock(hidden, num_heads, mlp_ratio, dropout,
+                                  attn_dropouts=attn_dropouts)
             for i in range(num_layers))
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(m * hidden, spec.num_classes)

@@ -22,6 +22,11 @@ Choices (MODELS.md §4):
   gate (``pos_embed=True``), so the gate still sees the bare anchor tokens and a missing
   anchor keeps α = 0; then mean over the P tokens → Dropout → Linear → C (the original
   pools BERT's [CLS] → dropout → Linear).
+* [code] Dropout in those blocks as BERT's layer that they replace: the attention weights and
+  the attention output are each dropped once (``attn_dropouts="once"``: the residual's
+  dropout, no dropout after the attention's output projection), as ``BertSelfAttention``
+  (dropout on the probabilities) and ``BertSelfOutput`` (dense → dropout → LayerNorm(· +
+  input)); ``"twice"`` is the Flex-MoE block, which drops the attention output twice.
 * Missing modalities: no native mechanism; tokens of a missing modality are zeros at the
   encoder output (``missing_fill="zero_embed"``, MODELS.md §0.3; the encoder never sees the
   row), so a missing auxiliary contributes its bias-driven term ``g ⊙ b_j``;
@@ -39,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import Dropout, MissingFill, ModalityTokenizer, TransformerBlock
+from bench.blocks import AttnDropouts, Dropout, MissingFill, ModalityTokenizer, TransformerBlock
 from bench.data.core import Batch, DataSpec
 from bench.model import SHARED_TRAINING, BenchModel
 from bench.registry import register_model
@@ -90,7 +95,8 @@ class MAG(BenchModel):
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  num_heads: int = 4, num_layers: int = 2, mlp_ratio: int = 2,
                  dropout: float = 0.5, beta_shift: float = 1.0, anchor: str | None = None,
-                 pos_embed: bool = True, missing_fill: MissingFill = "zero_embed") -> None:
+                 pos_embed: bool = True, missing_fill: MissingFill = "zero_embed",
+                 attn_dropouts: AttnDropouts = "once") -> None:
         super().__init__(spec)
         self.anchor = default_anchor(spec) if anchor is None else anchor
         if self.anchor not in spec.letters:
@@ -103,7 +109,8 @@ class MAG(BenchModel):
         self.pos_embed = (nn.Parameter(torch.zeros(1, num_patches, hidden)) if pos_embed
                           else None)
         self.blocks = nn.Sequential(*(
-            TransformerBlock(hidden, num_heads, mlp_ratio, dropout, "standard")
+            TransformerBlock(hidden, num_heads, mlp_ratio, dropout, "standard",
+                             attn_dropouts=attn_dropouts)
             for _ in range(num_layers)))
         self.head_drop = Dropout(dropout)
         self.head = nn.Linear(hidden, spec.num_classes)

@@ -5,9 +5,24 @@ Choices (MODELS.md §3):
 * [ours] Sequences: each modality's :class:`~bench.blocks.PatchEmbeddings` tokens
   ``[B, P, H]`` with ``d = H``; the original's bias-free 1×1 temporal convolution to ``d`` is
   skipped because the tokens already have width ``d`` (the tokeniser's Linear projects).
-* [ours] The original applies ``embed_dropout`` to the text input only, before that
-  projection; there is no text modality here, so ``token_dropout`` (default 0, i.e. off)
-  drops every modality's tokens before the cross-modal blocks.
+* [ours] ``text_modality``: which run modality plays the original's text (language) role.
+  The family default (``TEXT_MODALITY``, written into the run's settings by
+  ``default_hparams`` and recorded in ``run_info``) is MIMIC-IV's clinical notes N — the one
+  text modality, as the original's word embeddings — and ADNI's clinical records C, the
+  family's clinician-recorded modality and its most available one (MAG's anchor too); ADNI
+  has no language modality, so this is a choice, not a mapping. A run without that letter,
+  any other family, or ``text_modality=None`` has no text source.
+* [code] Attention-weight dropout by the cross-modal block's SOURCE (key/value) modality, as
+  the original's ``get_network``: ``attn_dropout`` (0.1) where the source is the text
+  modality (CM_{l→a}, CM_{l→v}), ``attn_dropout_av`` (0.0, the original's
+  ``attn_dropout_a`` = ``attn_dropout_v`` = 0.0) for every other source, ``attn_dropout``
+  in all memory transformers. The M(M−1) blocks stay one batched call: the per-pair
+  probabilities go to :class:`PairDropout`, one draw compared against each pair's
+  probability (a plain :class:`~bench.blocks.Dropout` when all pairs share one).
+* [ours] The original applies ``embed_dropout`` to the raw text input only, before its
+  projection; here every modality's tokens are already projected, so that dropout is not
+  tied to ``text_modality``: ``token_dropout`` (default 0, i.e. off) drops every modality's
+  tokens before the cross-modal blocks.
 * [code] General M: for every target i and source j ≠ i a cross-modal transformer
   CM_{j→i} (query i, key/value j), ``num_layers`` deep; the M−1 outputs of a target are
   concatenated on the feature axis and go through a self-attention ("memory") transformer of
@@ -29,13 +44,14 @@ Choices (MODELS.md §3):
   no positional embedding (this hits every zero-filled token of a missing modality).
 * [code] ``pool="last"``: the memory transformer's last time step; ``"mean"`` [ours]
   averages its tokens instead.
-* Missing modalities: no native mechanism; tokens of a missing modality are zeros at the
+* [ours] Missing modalities: no native mechanism; tokens of a missing modality are zeros at the
   encoder output (``missing_fill="zero_embed"``, MODELS.md §0.3; the encoder never sees the
   row); ``"zero_input"`` encodes a zero input instead. Recorded in ``run_info``.
 * Hyper-parameters: [ours] d = H = 128, 4 heads, ``num_layers=1`` (MODELS.md: 1–2 in the
   Flex-MoE setting; the memory transformers keep depth 3) and the shared protocol for
   training (Adam lr 1e-4, batch 8, 50 epochs); [code] the original's dropouts: attention
-  0.1, ReLU 0.1, residual 0.1, output 0.0, embedding 0.25.
+  0.1 (text source, memory) / 0.0 (audio or vision source), ReLU 0.1, residual 0.1,
+  output 0.0, embedding 0.25.
 
 All cross-modal transformers run as one batched call per layer: each keeps its own weights,
 stacked on a leading axis, and the M(M−1) (query, key/value) pairs are multiplied with one
@@ -45,6 +61,7 @@ batched matmul; the M memory transformers are batched the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -58,6 +75,14 @@ from bench.registry import register_model
 
 Pool = Literal["last", "mean"]
 POOLS = get_args(Pool)
+#: The modality that plays the original's text (language) role, per data family (see above).
+TEXT_MODALITY = {"adni": "C", "mimic": "N"}
+
+
+def default_text_modality(spec: DataSpec) -> str | None:
+    """The family's text-role letter when the run has it, else None (no text source)."""
+    c = TEXT_MODALITY.get(spec.family)
+    return c if c is not None and c in spec.letters else None
 
 
 class StackedLinear(nn.Module):
@@ -103,11 +128,49 @@ def sinusoid_table(num_positions: int, d: int) -> Tensor:
     return table
 
 
+class PairDropout(nn.Module):
+    """Inverted dropout with its own probability per stacked encoder, in one call.
+
+    The input's leading axis is ``n·B`` (encoder-major, as :meth:`StackedEncoderLayer.attention`
+    lays out the attention weights); encoder ``e``'s elements are dropped with probability
+    ``probs[e]`` and the survivors scaled by ``1 / (1 − probs[e])``: one random draw and a
+    broadcast compare over all encoders, no loop. ``p`` is the largest probability, so
+    :func:`~bench.blocks.attend_heads` takes the explicit-softmax path while any encoder drops.
+    """
+
+    def __init__(self, probs: Sequence[float]) -> None:
+        super().__init__()
+        if not all(0.0 <= q < 1.0 for q in probs):
+            raise ValueError(f"dropout probabilities must lie in [0, 1), got {list(probs)}")
+        self.p, self.prob_list = max(probs), [float(q) for q in probs]
+        self.register_buffer("probs", torch.tensor(probs).unsqueeze(1), persistent=False)
+        self.register_buffer("scale", 1.0 / (1.0 - self.probs), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        flat = x.reshape(self.probs.shape[0], -1)
+        keep = torch.rand_like(flat) >= self.probs
+        return (flat * keep * self.scale.to(x.dtype)).view(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"probs={self.prob_list}"
+
+
+def attention_dropout(n: int, p: float | Sequence[float]) -> Dropout | PairDropout:
+    """Attention-weight dropout for ``n`` stacked encoders: one :class:`~bench.blocks.Dropout`
+    when they share a probability (its fast mask), else a :class:`PairDropout`."""
+    probs = [float(p)] * n if isinstance(p, (int, float)) else [float(q) for q in p]
+    if len(probs) != n:
+        raise ValueError(f"{len(probs)} attention-dropout probabilities for {n} encoders")
+    return Dropout(probs[0]) if len(set(probs)) == 1 else PairDropout(probs)
+
+
 class StackedEncoderLayer(nn.Module):
     """``n`` pre-LN MulT layers with their own weights; self- or cross-attention."""
 
-    def __init__(self, n: int, d: int, num_heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float) -> None:
+    def __init__(self, n: int, d: int, num_heads: int, attn_dropout: float | Sequence[float],
+                 relu_dropout: float, res_dropout: float) -> None:
         super().__init__()
         if d % num_heads:
             raise ValueError(f"width {d} is not divisible by {num_heads} heads")
@@ -118,7 +181,7 @@ class StackedEncoderLayer(nn.Module):
         self.norm_ff = StackedLayerNorm(n, d)
         self.fc1 = StackedLinear(n, d, 4 * d)
         self.fc2 = StackedLinear(n, 4 * d, d)
-        self.attn_drop = Dropout(attn_dropout)
+        self.attn_drop = attention_dropout(n, attn_dropout)
         self.relu_drop = Dropout(relu_dropout)
         self.res_drop = Dropout(res_dropout)
 
@@ -153,11 +216,12 @@ class StackedEncoder(nn.Module):
     """``n`` MulT ``TransformerEncoder``s of width ``d`` run side by side on ``[n, B, T, d]``.
 
     With ``kv`` given, each is a cross-modal transformer (queries from ``x``, keys and values
-    from ``kv``); otherwise a self-attention transformer.
+    from ``kv``); otherwise a self-attention transformer. ``attn_dropout`` is one probability
+    for all ``n`` or one per encoder.
     """
 
     def __init__(self, n: int, d: int, num_heads: int, num_layers: int, num_positions: int,
-                 attn_dropout: float, relu_dropout: float, res_dropout: float,
+                 attn_dropout: float | Sequence[float], relu_dropout: float, res_dropout: float,
                  embed_dropout: float, attn_mask: bool, padding_positions: bool) -> None:
         super().__init__()
         self.scale = math.sqrt(d)
@@ -204,8 +268,9 @@ class MulT(BenchModel):
 
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  num_heads: int = 4, num_layers: int = 1, mem_min_layers: int = 3,
-                 attn_dropout: float = 0.1, relu_dropout: float = 0.1, res_dropout: float = 0.1,
-                 out_dropout: float = 0.0, embed_dropout: float = 0.25,
+                 attn_dropout: float = 0.1, attn_dropout_av: float = 0.0,
+                 text_modality: str | None = None, relu_dropout: float = 0.1,
+                 res_dropout: float = 0.1, out_dropout: float = 0.0, embed_dropout: float = 0.25,
                  token_dropout: float = 0.0, attn_mask: bool = False,
                  padding_positions: bool = False, include_self: bool = False,
                  pool: Pool = "last", missing_fill: MissingFill = "zero_embed") -> None:
@@ -215,7 +280,10 @@ class MulT(BenchModel):
             raise ValueError(f"MulT needs at least two modalities; got {spec.letters!r}")
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        self.missing_fill, self.pool = missing_fill, pool
+        if text_modality is not None and text_modality not in spec.letters:
+            raise ValueError(f"text_modality {text_modality!r} is not a modality of this run "
+                             f"({spec.letters!r}); use one of its letters or None")
+        self.missing_fill, self.pool, self.text_modality = missing_fill, pool, text_modality
         sources = [[j for j in range(m) if include_self or j != i] for i in range(m)]
         self.num_sources = len(sources[0])
         self.register_buffer("target_index", torch.tensor(
@@ -224,22 +292,31 @@ class MulT(BenchModel):
             [j for row in sources for j in row]), persistent=False)
         self.tokenizer = ModalityTokenizer(spec, num_patches, hidden, missing_fill)
         self.token_drop = Dropout(token_dropout)
-        shared = (attn_dropout, relu_dropout, res_dropout, embed_dropout, attn_mask,
-                  padding_positions)
+        # the original picks a cross-modal block's attention dropout by its SOURCE modality:
+        # attn_dropout from text, attn_dropout_a / _v from audio / vision (both 0.0)
+        self.pair_attn_dropout = [
+            attn_dropout if spec.letters[j] == text_modality else attn_dropout_av
+            for row in sources for j in row]
+        shared = (relu_dropout, res_dropout, embed_dropout, attn_mask, padding_positions)
         self.cross = StackedEncoder(m * self.num_sources, hidden, num_heads, num_layers,
-                                    num_patches, *shared)
+                                    num_patches, self.pair_attn_dropout, *shared)
         width = self.num_sources * hidden
         self.mem_layers = max(num_layers, mem_min_layers)
-        self.mem = StackedEncoder(m, width, num_heads, self.mem_layers, num_patches, *shared)
+        self.mem = StackedEncoder(m, width, num_heads, self.mem_layers, num_patches,
+                                  attn_dropout, *shared)
         combined = m * width
         self.proj1 = nn.Linear(combined, combined)
         self.proj2 = nn.Linear(combined, combined)
         self.out_drop = Dropout(out_dropout)
         self.out_layer = nn.Linear(combined, spec.num_classes)
 
+    @classmethod
+    def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
+        return {**super().default_hparams(spec), "text_modality": default_text_modality(spec)}
+
     def run_info(self) -> dict[str, Any]:
         return {"missing_fill": self.missing_fill, "mem_layers": self.mem_layers,
-                "fused_dim": self.proj1.in_features}
+                "fused_dim": self.proj1.in_features, "text_modality": self.text_modality}
 
     def target_states(self, batch: Batch) -> Tensor:
         """Per-target pooled memory states, concatenated in canonical order ``[B, M·S·d]``

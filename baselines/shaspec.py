@@ -10,12 +10,21 @@ Choices (MODELS.md §7; source read: billhhh/ShaSpec ``DualNet_SS.py``, ``train_
   :class:`~bench.blocks.TransformerBlock`, standard residual, ``num_heads`` 4, ``mlp_ratio`` 2)
   or ``encoder="mlp"`` (the 2-layer token MLP :class:`~bench.blocks.Mlp`).
   S runs once on all observed (sample, modality) rows stacked together.
+* [ours] The transformer encoders drop the attention branch once, as a standard pre-LN block
+  (``attn_dropouts="once"``: the residual's dropout, none after the attention's output
+  projection); ``"twice"`` is the Flex-MoE block, which drops it twice.
 * [code] Compositional layer, shared by all modalities: ``f_m = s_m + W [s_m ; t_m]`` with
   ``W`` = Linear(2H → H, no bias) per token ([ours] for the repo's 3×3×3 convolution).
-* [code] A missing modality's fused feature is the shared feature of the first available
-  modality (``missing_source="first"``), taken per sample here (the repo's mode is per batch);
-  ``missing_source="mean"`` averages the available shared features (the repo's commented-out
-  variant). The compositional layer is not applied to the substitute, as in the repo.
+* [code] A missing modality's fused feature is the shared feature of one available modality,
+  ``missing_source="random"``: in training a uniformly random available modality (the repo's
+  training, ``mode=random``, draws the available modalities in random order with
+  ``random.sample`` and takes ``mode_split[0]``; drawn here with torch's global RNG, which
+  the runner seeds, so a run is deterministic under its seed), at evaluation the first
+  available one (the repo's ``mode_split[0]`` of a given mode). Taken per sample here (the
+  repo's mode is per batch).
+  ``"first"`` takes the first available modality in training too; ``"mean"`` averages the
+  available shared features (the repo's commented-out variant). The compositional layer is
+  not applied to the substitute, as in the repo.
 * [ours] Head: mean over each modality's fused tokens, concatenated, one Linear → C.
 * [code] Aux loss ``alpha·L_shared + beta·L_spec`` (alpha 0.1, beta 0.02), returned through
   the contract. L_shared: L1 (mean absolute difference) over the cycle of modality pairs
@@ -48,13 +57,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.blocks import MissingFill, Mlp, ModalityTokenizer, TransformerBlock, encode_observed
+from bench.blocks import (
+    AttnDropouts,
+    MissingFill,
+    Mlp,
+    ModalityTokenizer,
+    TransformerBlock,
+    encode_observed,
+)
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
 
 Encoder = Literal["transformer", "mlp"]
-MissingSource = Literal["first", "mean"]
+MissingSource = Literal["random", "first", "mean"]
 Scope = Literal["observed", "all"]
 ENCODERS, MISSING_SOURCES, SCOPES = get_args(Encoder), get_args(MissingSource), get_args(Scope)
 
@@ -78,11 +94,12 @@ def random_subset_of_size(observed: Tensor) -> Tensor:
     return observed & (rank < r)
 
 
-def make_encoder(kind: str, hidden: int, num_heads: int, mlp_ratio: int,
-                 dropout: float) -> nn.Module:
+def make_encoder(kind: str, hidden: int, num_heads: int, mlp_ratio: int, dropout: float,
+                 attn_dropouts: AttnDropouts = "once") -> nn.Module:
     """One token encoder: a pre-LN transformer block or a 2-layer token MLP."""
     if kind == "transformer":
-        return TransformerBlock(hidden, num_heads, mlp_ratio, dropout, "standard")
+        return TransformerBlock(hidden, num_heads, mlp_ratio, dropout, "standard",
+                                attn_dropouts=attn_dropouts)
     if kind == "mlp":
         return Mlp(hidden, mlp_ratio, dropout)
     raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
@@ -100,9 +117,10 @@ class ShaSpec(BenchModel):
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  encoder: Encoder = "transformer", num_heads: int = 4, mlp_ratio: int = 2,
                  dropout: float = 0.5, alpha: float = 0.1, beta: float = 0.02,
-                 missing_source: MissingSource = "first", shared_pairs: Scope = "observed",
+                 missing_source: MissingSource = "random", shared_pairs: Scope = "observed",
                  spec_scope: Scope = "observed", random_drop: float = 0.0,
-                 missing_fill: MissingFill = "zero_embed") -> None:
+                 missing_fill: MissingFill = "zero_embed",
+                 attn_dropouts: AttnDropouts = "once") -> None:
         super().__init__(spec)
         _check("missing_source", missing_source, MISSING_SOURCES)
         _check("shared_pairs", shared_pairs, SCOPES)
@@ -116,9 +134,10 @@ class ShaSpec(BenchModel):
         self.random_drop, self.missing_fill = random_drop, missing_fill
         self.token_shape = (num_patches, hidden)
         self.tokenizer = ModalityTokenizer(spec, num_patches, hidden, missing_fill)
-        self.shared = make_encoder(encoder, hidden, num_heads, mlp_ratio, dropout)
+        self.shared = make_encoder(encoder, hidden, num_heads, mlp_ratio, dropout, attn_dropouts)
         self.specific = nn.ModuleDict({
-            c: make_encoder(encoder, hidden, num_heads, mlp_ratio, dropout) for c in spec.letters})
+            c: make_encoder(encoder, hidden, num_heads, mlp_ratio, dropout, attn_dropouts)
+            for c in spec.letters})
         self.compose = nn.Linear(2 * hidden, hidden, bias=False)
         self.domain_classifier = nn.Linear(hidden, m)
         self.head = nn.Linear(m * hidden, spec.num_classes)
@@ -150,14 +169,22 @@ class ShaSpec(BenchModel):
         t = torch.stack([self._encode(self.specific[c], tokens[c], obs[:, j])
                          for j, c in enumerate(letters)], dim=1)
         composed = s + self.compose(torch.cat([s, t], dim=-1))
-        if self.missing_source == "first":
-            first = obs.int().argmax(1)  # index of the first observed modality per sample
-            substitute = s[torch.arange(b, device=s.device), first]
-        else:
+        if self.missing_source == "mean":
             weights = obs.to(s.dtype) / obs.sum(1, keepdim=True).clamp(min=1)
             substitute = torch.einsum("bm,bmph->bph", weights, s)
+        else:
+            substitute = s[torch.arange(b, device=s.device), self.source_modality(obs)]
         fused = torch.where(obs.view(b, m, 1, 1), composed, substitute.unsqueeze(1))
         return s, t, fused
+
+    def source_modality(self, observed: Tensor) -> Tensor:
+        """Per sample, the index of the observed modality whose shared feature fills the
+        missing ones: uniformly random among the observed in training with ``"random"``
+        (torch's global RNG), else the first observed."""
+        if self.missing_source == "random" and self.training:
+            score = torch.rand(observed.shape, device=observed.device)
+            return torch.where(observed, score, -1.0).argmax(1)
+        return observed.int().argmax(1)
 
     def shared_loss(self, s: Tensor, observed: Tensor) -> Tensor:
         """Σ over the pair cycle of the mean absolute difference of shared features."""

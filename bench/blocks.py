@@ -20,6 +20,12 @@ MissingFill = Literal["zero_embed", "zero_input"]
 MISSING_FILLS: tuple[str, ...] = get_args(MissingFill)
 #: ``official``: ``a + Dropout(a)`` as the released Flex-MoE code; ``standard``: ``x + Dropout(a)``.
 AttnResidual = Literal["official", "standard"]
+#: Dropouts on the attention branch of a :class:`TransformerBlock`. ``twice``: after the
+#: output projection inside :class:`Attention` and again in the residual (the released
+#: Flex-MoE, I2MoE and mmFormer code; at p = 0.5, 75 % of the branch is zeroed, survivors × 4);
+#: ``once``: in the residual only (BERT's ``BertSelfOutput``, the ViT / V-MoE block).
+AttnDropouts = Literal["once", "twice"]
+ATTN_DROPOUTS: tuple[str, ...] = get_args(AttnDropouts)
 
 
 def check_missing_fill(missing_fill: str) -> str:
@@ -160,9 +166,14 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, attn_drop: Dropout | nn.Dropou
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with separate q and kv projections (no bias), as Flex-MoE's."""
+    """Multi-head self-attention with separate q and kv projections (no bias), as Flex-MoE's.
 
-    def __init__(self, hidden: int, num_heads: int, dropout: float = 0.0) -> None:
+    ``dropout`` applies to the attention weights and, with ``proj_drop`` (the default, as
+    Flex-MoE's), to the output of the projection as well.
+    """
+
+    def __init__(self, hidden: int, num_heads: int, dropout: float = 0.0,
+                 proj_drop: bool = True) -> None:
         super().__init__()
         if hidden % num_heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {num_heads} heads")
@@ -171,7 +182,7 @@ class Attention(nn.Module):
         self.kv = nn.Linear(hidden, 2 * hidden, bias=False)
         self.proj = nn.Linear(hidden, hidden)
         self.attn_drop = Dropout(dropout)
-        self.proj_drop = Dropout(dropout)
+        self.proj_drop = Dropout(dropout if proj_drop else 0.0)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, h = x.shape
@@ -199,17 +210,28 @@ class TransformerBlock(nn.Module):
     ``attn_residual="official"`` reproduces the released Flex-MoE code, where the attention
     sub-layer computes ``a + Dropout(a)`` and drops the block input; ``"standard"`` is
     ``x + Dropout(a)``.
+
+    ``attn_dropouts`` says how often the attention output ``a`` is dropped on its way into the
+    residual: ``"twice"`` (default) keeps the projection dropout inside :class:`Attention`, so
+    the branch is ``Dropout(Dropout(proj(·)))`` as in the released Flex-MoE, I2MoE and mmFormer
+    code (a fraction 1 − (1 − p)² of it zeroed); ``"once"`` has no projection dropout, so only
+    the residual's dropout acts (a fraction p), as BERT and ViT. The dropout of the attention
+    weights is unaffected.
     """
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: int = 2, dropout: float = 0.0,
-                 attn_residual: AttnResidual = "standard", mlp: nn.Module | None = None) -> None:
+                 attn_residual: AttnResidual = "standard", mlp: nn.Module | None = None,
+                 attn_dropouts: AttnDropouts = "twice") -> None:
         super().__init__()
-        if attn_residual not in ("official", "standard"):
+        if attn_residual not in get_args(AttnResidual):
             raise ValueError("attn_residual must be 'official' or 'standard', "
                              f"got {attn_residual!r}")
-        self.attn_residual = attn_residual
+        if attn_dropouts not in ATTN_DROPOUTS:
+            raise ValueError(f"attn_dropouts must be one of {ATTN_DROPOUTS}, "
+                             f"got {attn_dropouts!r}")
+        self.attn_residual, self.attn_dropouts = attn_residual, attn_dropouts
         self.norm1 = nn.LayerNorm(hidden)
-        self.attn = Attention(hidden, num_heads, dropout)
+        self.attn = Attention(hidden, num_heads, dropout, proj_drop=attn_dropouts == "twice")
         self.norm2 = nn.LayerNorm(hidden)
         self.mlp = mlp if mlp is not None else Mlp(hidden, mlp_ratio, dropout)
         self.drop = Dropout(dropout)

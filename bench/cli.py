@@ -117,8 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     perf.add_argument("--steps", type=int, default=200, help="timed steps (default 200)")
     perf.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
     perf.add_argument("--compare-official", action="store_true",
-                      help="also time the released code's design (per-sample DataLoader, MoE "
-                      "per modality, per-expert loop) on the same weights; Flex-MoE models only")
+                      help="also time the released code's design (per-sample DataLoader with "
+                      "worker processes, MoE per modality, FastMoE's fused expert step) on the "
+                      "same weights; Flex-MoE models only")
     perf.add_argument("--threads", type=int, default=None,
                       help="torch CPU threads (default: torch's choice)")
     perf.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -173,16 +174,25 @@ def _parser() -> argparse.ArgumentParser:
 def _print_table(store_path: Path | None, metric: str, dataset: str | None = None,
                  profile: str | None = None, keys: set[str] | None = None,
                  fmt: str = "markdown") -> None:
-    from bench.tables import pivot, render, select_runs
+    from bench.context import CONTEXT, context_metric
+    from bench.tables import ONE_CLASS, ONE_CLASS_MARK, pivot, render, select_runs
 
     df = load_results(store_path)
     if keys is not None:
         df = df[df["key"].isin(keys)]
     runs, dataset, profile = select_runs(df, dataset, profile)
     seeds = sorted(runs["seed"].unique().tolist())
+    table = pivot(runs, metric, context_metric(runs, metric))
     if fmt == "markdown":
-        print(f"\n{metric} (%, mean ± std over seeds {seeds}) on {dataset}, profile {profile}\n")
-    print(render(pivot(runs, metric), fmt))
+        spread = "mean ± std over seeds" if len(seeds) > 1 else "seed"
+        print(f"\n{metric} (%, {spread} {seeds}) on {dataset}, profile {profile}\n")
+    print(render(table, fmt))
+    if fmt == "markdown":
+        if any(ONE_CLASS_MARK in str(v) for v in table.to_numpy().ravel()):
+            print(f"\n{ONE_CLASS_MARK} {ONE_CLASS}")
+        shown = [f"({line})" for line in CONTEXT if f"({line})" in table.columns]
+        if shown:
+            print(f"{' and '.join(shown)}: context on the same test samples (bench.context)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

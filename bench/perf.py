@@ -5,9 +5,18 @@ synthetic-adni IGCB at the paper's hyper-parameters) and reports samples/s, ms p
 time per epoch, the training FLOPs of one step (forward + backward, counted by
 ``FlopCounterMode`` along the real routing) and the achieved fraction of this machine's
 dense-matmul FLOP rate, measured in the same run. A step's time includes fetching its batch.
-With ``official=True`` it also times the released code's design (per-sample ``DataLoader``,
-MoE called per modality, experts in a Python loop; ``flexmoe.reference``) on the same weights
-and hyper-parameters, alternating blocks of steps between the two, and reports the speed-up.
+
+With ``official=True`` it also times the released code's design (``flexmoe.reference``) on the
+same weights and hyper-parameters, alternating blocks of steps between the two, and reports the
+speed-up. That design is the released model as its code builds it: FastMoE with fused experts
+(one sort of the token–expert assignments by expert, one scatter, per expert layer one loop of
+a matmul per non-empty expert over its contiguous rows — FastMoE's C++ GEMM loop, here as the
+closest pure-PyTorch equivalent, a Python loop of plain matmuls — one gather and one ``bmm``
+with the gate weights), the MoE called once per modality with a router loss per call,
+boolean-mask token assembly, ``nn.Dropout``, plain ``torch.optim.Adam``, and the released
+training loader: per-sample NumPy items and collate function, ``min(4, os.cpu_count())``
+worker processes (the released 4, capped at the machine's cores) started anew every epoch,
+pinned memory on CUDA, batches moved with ``.to(device, non_blocking=True)`` inside the step.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +130,7 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
               seed: int = 0, official: bool = False) -> PerfResult:
     """Time ``steps`` training steps after ``warmup`` untimed ones (see the module doc)."""
     from flexmoe.model import FlexMoE
-    from flexmoe.reference import official_design, per_sample_loader
+    from flexmoe.reference import official_design, per_sample_loader, released_batches
 
     dev = resolve_device(device)
     profile = get_profile(PERF_PROFILE)
@@ -139,13 +148,20 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
     stream = _forever(lambda: data.batches("train", batch_size, "shuffle", generator))
     optimizer = make_adam(model, hp["lr"], hp.get("weight_decay", 0.0))
     runs = [(model, optimizer, stream, weight)]
+    ref_stream = None
     if reference is not None:
-        loader: Iterable = per_sample_loader(data, batch_size, seed)
+        # the released training loader (worker processes, pinned memory on CUDA) and its
+        # per-step move of the batch to the device
+        ref_stream = released_batches(per_sample_loader(data, batch_size, seed, dev), dev)
         # the released code's optimiser: plain torch.optim.Adam (not fused)
         ref_optimizer = torch.optim.Adam(reference.parameters(), lr=hp["lr"],
                                          weight_decay=hp.get("weight_decay", 0.0))
-        runs.append((reference, ref_optimizer, _forever(lambda: loader), weight))
-    times, *ref_times = _time_interleaved(runs, dev, steps, warmup)
+        runs.append((reference, ref_optimizer, ref_stream, weight))
+    try:
+        times, *ref_times = _time_interleaved(runs, dev, steps, warmup)
+    finally:
+        if ref_stream is not None:
+            ref_stream.close()  # the loader's worker processes exit
     official_median = statistics.median(ref_times[0]) * 1e3 if ref_times else None
     flops = train_flops(model, next(stream), weight)
     peak = matmul_rate(dev)

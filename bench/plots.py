@@ -44,22 +44,61 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def bank_similarity(df: pd.DataFrame, letters: str) -> Figure:
-    """Figure 4: cosine similarity of each bank entry with the real embedding it stands for,
-    rows observed combinations (with sample counts), columns the missing modality."""
+#: Figure 4's panel titles: the paper's two (§4.3: "row and column in missing modality
+#: bank") and the extra comparison with the encoders' embeddings.
+BANK_TITLES = {"row": "Observed modality combinations\n(bank rows)",
+               "column": "Missing modalities\n(bank columns)",
+               "embedding": "Extra, not in the paper: bank\nentry vs mean encoder embedding"}
+BANK_LABELS = {"row": ("observed combination", "observed combination"),
+               "column": ("missing modality", "missing modality"),
+               "embedding": ("missing modality (bank entry)", "observed combination")}
+
+
+def _bank_matrix(df: pd.DataFrame, panel: str) -> pd.DataFrame:
+    """One panel of the tidy frame as a matrix, rows and columns in the frame's order."""
+    part = df[df["panel"] == panel]
+    rows = list(dict.fromkeys(part["row"]))
+    columns = list(dict.fromkeys(part["column"]))
+    if panel == "embedding":  # the modalities in the order of the column panel
+        order = list(dict.fromkeys(df.loc[df["panel"] == "column", "row"]))
+        columns = [c for c in order if c in columns] + [c for c in columns if c not in order]
+    return part.pivot(index="row", columns="column", values="cosine").reindex(
+        index=rows, columns=columns)
+
+
+def bank_similarity(df: pd.DataFrame) -> Figure:
+    """Figure 4: cosine similarity between the missing-modality bank's entries — left,
+    between observed combinations (the bank's rows), right, between missing modalities (its
+    columns) — side by side, plus the extra bank-vs-encoder panel when ``df`` has it
+    (``flexmoe.analysis.bank_similarity``'s frame). Undefined cells are hatched: the full
+    combination misses nothing, so no entry of its row is ever read; in the extra panel, a
+    modality the combination observes has no entry that is read."""
+    panels = [p for p in ("row", "column", "embedding") if (df["panel"] == p).any()]
+    tables = {p: _bank_matrix(df, p) for p in panels}
+    n = max(len(t) for t in tables.values())
+    cells = sum(t.shape[1] + 2 for t in tables.values())  # heatmap columns plus labels
+    width = WIDTH * (1.3 if len(panels) > 2 else 1.0)
     with rc_context(STYLE):
-        table = df.pivot(index="combo", columns="modality", values="cosine")
-        counts = df.groupby("combo")["samples"].first()
-        order = counts.sort_values(ascending=False).index
-        table = table.reindex(index=order, columns=[c for c in letters if c in table.columns])
-        fig = Figure(figsize=(WIDTH * 0.55, 0.35 * len(table) + 1.0))
-        ax = fig.add_subplot()
-        sns.heatmap(table, ax=ax, cmap="PuOr", center=0.0, vmin=-1.0, vmax=1.0, annot=True,
-                    fmt=".2f", linewidths=0.5, cbar_kws={"label": "cosine similarity"})
-        ax.set_yticklabels([f"{c} (n={counts[c]})" for c in table.index], rotation=0)
-        ax.set_xlabel("missing modality (bank entry)")
-        ax.set_ylabel("observed combination")
-        fig.tight_layout()
+        fig = Figure(figsize=(width, max(2.4, 0.85 * width * n / cells + 1.4)),
+                     layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False,
+                            width_ratios=[max(t.shape[1], 2) for t in tables.values()])[0]
+        for ax, panel in zip(axes, panels):
+            table = tables[panel]
+            ax.patch.set_hatch("///")
+            ax.patch.set_edgecolor("0.75")
+            sns.heatmap(table, ax=ax, cmap="PuOr", center=0.0, vmin=-1.0, vmax=1.0,
+                        annot=True, fmt=".2f", linewidths=0.5, cbar=False,
+                        annot_kws={"size": 7 if n <= 6 else 5 if n <= 10 else 3.5},
+                        square=panel != "embedding")
+            ax.set_title(BANK_TITLES[panel])
+            ax.set_xlabel(BANK_LABELS[panel][0])
+            ax.set_ylabel(BANK_LABELS[panel][1])
+            ax.set_yticks(np.arange(len(table)) + 0.5, table.index, rotation=0)
+            ax.set_xticks(np.arange(table.shape[1]) + 0.5, table.columns,
+                          rotation=90 if panel == "row" else 0)
+        fig.colorbar(axes[0].collections[0], ax=list(axes), shrink=0.8,
+                     label="cosine similarity")
     return fig
 
 

@@ -130,8 +130,9 @@ ARTEFACTS: dict[str, Artefact] = {a.id: a for a in (
     _metric(8, "adni", "test_auc", "AUC", "table8_adni_auc.csv"),
     _metric(9, "mimic", "test_f1", "macro-F1", "table9_mimic_f1.csv"),
     _metric(10, "mimic", "test_auc", "AUC", "table10_mimic_auc.csv"),
-    Artefact("fig4", "bank", "adni", "Figure 4: cosine similarity of bank entries and real "
-             "embeddings (Flex-MoE, IGCB)", (Sweep(("flexmoe",), ("IGCB",)),)),
+    Artefact("fig4", "bank", "adni", "Figure 4: cosine similarity between missing-modality "
+             "bank entries: observed combinations (rows) and missing modalities (columns) "
+             "(Flex-MoE, IGCB)", (Sweep(("flexmoe",), ("IGCB",)),)),
     Artefact("fig5", "experts", "adni", "Figure 5: expert activation by observed combination "
              "(Flex-MoE, IGCB, first SMoE layer)", (Sweep(("flexmoe",), ("IGCB",)),)),
     Artefact("fig6", "sensitivity", "adni", "Figure 6: sensitivity of Flex-MoE on IGCB",

@@ -128,7 +128,7 @@ def _figure_section(ac: ArtefactCells, df: pd.DataFrame, profile: str, out_dir: 
         model, data = found
         if art.kind == "bank":
             data_frame = analysis.bank_similarity(model, data)
-            fig = plots.bank_similarity(data_frame, model.spec.letters)
+            fig = plots.bank_similarity(data_frame)
         else:
             data_frame = analysis.expert_activation(model, data)
             fig = plots.expert_activation(data_frame, int(cell.hparams["num_experts"]))

@@ -103,6 +103,7 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu") -> dict[str, An
             val_acc=result.val["acc"], val_f1=result.val["f1"], val_auc=result.val["auc"],
             test_acc=result.test["acc"], test_f1=result.test["f1"], test_auc=result.test["auc"],
             metric_notes={**result.notes, **excluded_note(data)},
+            test_pred_counts=result.pred_counts.get("test"),
             best_epoch=result.best_epoch, epochs=len(result.epoch_s),
             val_acc_curve=result.val_acc_curve,
             n_train=int(data.splits["train"].numel()), n_val=int(data.splits["val"].numel()),

@@ -49,6 +49,7 @@ COLUMNS: dict[str, str] = {
     "hparams": "TEXT", "data_options": "TEXT", "run_info": "TEXT",
     "val_acc": "REAL", "val_f1": "REAL", "val_auc": "REAL",
     "test_acc": "REAL", "test_f1": "REAL", "test_auc": "REAL", "metric_notes": "TEXT",
+    "test_pred_counts": "TEXT",
     "best_epoch": "INTEGER", "epochs": "INTEGER", "val_acc_curve": "TEXT",
     "n_train": "INTEGER", "n_val": "INTEGER", "n_test": "INTEGER",
     "params": "INTEGER", "flops_per_sample": "REAL", "flops_batch": "REAL",
@@ -59,8 +60,8 @@ COLUMNS: dict[str, str] = {
     "device": "TEXT", "device_name": "TEXT", "threads": "INTEGER",
     "torch_version": "TEXT", "python_version": "TEXT", "code_version": "TEXT",
 }
-JSON_COLUMNS = ("config", "hparams", "data_options", "run_info", "metric_notes", "val_acc_curve",
-                "fvcore_skipped_ops")
+JSON_COLUMNS = ("config", "hparams", "data_options", "run_info", "metric_notes",
+                "test_pred_counts", "val_acc_curve", "fvcore_skipped_ops")
 
 _ADVICE = "It was left untouched: pass another --store path (or move the file aside)"
 

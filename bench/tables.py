@@ -73,17 +73,47 @@ def _column_labels(df: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def pivot(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
-    """``mean ± std`` in percent (population std over seeds, as the paper), with seed counts."""
+#: The mark and footnote of a cell where a run predicts one class for every test sample.
+ONE_CLASS = "predicts one class for every test sample: not a ranking"
+ONE_CLASS_MARK = "†"
+
+
+def predicts_one_class(df: pd.DataFrame) -> pd.Series:
+    """Whether each run's selected state predicts a single class for every test sample
+    (rows stored before the counts were recorded are never flagged)."""
+    if "test_pred_counts" not in df:
+        return pd.Series(False, index=df.index)
+    return df["test_pred_counts"].map(
+        lambda c: isinstance(c, list) and sum(1 for v in c if v) == 1)
+
+
+def mean_std(mean: float, std: float, n: int, spec: str = ".2f") -> str:
+    """``mean ± std``, or the mean alone for a single seed (a zero std says nothing)."""
+    return format(mean, spec) if n < 2 else f"{mean:{spec}} ± {std:{spec}}"
+
+
+def pivot(df: pd.DataFrame, metric: str = "test_acc",
+          context: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
+    """``mean ± std`` in percent (population std over seeds, as the paper; the mean alone for
+    one seed), :data:`ONE_CLASS_MARK` where a run predicts one class, and the ``context``
+    lines (combination → line → value as a fraction, ``bench.context``) as last columns."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    df = df.assign(column=_column_labels(df), value=df[metric] * 100.0)
-    stats = df.groupby(["combo", "column"])["value"].agg(
-        mean="mean", std=lambda v: float(np.std(v, ddof=0)), n="count")
-    cells = stats.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f}", axis=1)
+    df = df.assign(column=_column_labels(df), value=df[metric] * 100.0,
+                   one=predicts_one_class(df))
+    stats = df.groupby(["combo", "column"]).agg(
+        mean=("value", "mean"), std=("value", lambda v: float(np.std(v, ddof=0))),
+        n=("value", "count"), one=("one", "any"))
+    cells = stats.apply(lambda r: mean_std(r["mean"], r["std"], r["n"])
+                        + (f" {ONE_CLASS_MARK}" if r["one"] else ""), axis=1)
     table = cells.unstack("column").reindex(paper_order(list(stats.index.unique("combo"))))
     order = [c for c in dict.fromkeys(df["column"]) if c in table.columns]
-    return table[order].fillna("–")
+    table = table[order]
+    lines = list(dict.fromkeys(k for v in (context or {}).values() for k in v))
+    for line in lines:
+        table[f"({line})"] = [f"{context[c][line] * 100:.2f}" if c in (context or {})
+                              and line in context[c] else "–" for c in table.index]
+    return table.fillna("–")
 
 
 def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
@@ -109,6 +139,9 @@ class Panel:
     notes: pd.DataFrame | None = None
     rank: str | None = "row"
     formats: dict[str, str] = field(default_factory=dict)
+    #: Labels never bold or underlined (context lines): columns when ranking per row, rows
+    #: when ranking per column.
+    unranked: tuple = ()
 
     def note(self, row: object, col: object) -> str:
         if self.notes is None or row not in self.notes.index or col not in self.notes.columns:
@@ -123,10 +156,16 @@ class Panel:
             return None
         spec = self.formats.get(col, ".2f")
         out = format(float(mean), spec)
-        std = None if self.std is None else self.std.at[row, col]
+        std = self.std_at(row, col)
         if std is not None and not (isinstance(std, float) and math.isnan(std)):
             out += pm + format(float(std), spec.lstrip("+"))
         return out
+
+    def std_at(self, row: object, col: object) -> object:
+        """The ``± std`` part of one cell (None where the panel has none for it)."""
+        if self.std is None or row not in self.std.index or col not in self.std.columns:
+            return None
+        return self.std.at[row, col]
 
     def ranks(self) -> pd.DataFrame:
         """1 for the best value (all ties), 2 for the next distinct value, 0 otherwise;
@@ -135,6 +174,10 @@ class Panel:
         if self.rank is None:
             return out
         values = self.mean.astype(float).round(2)
+        if self.rank == "row":
+            values = values.drop(columns=[c for c in self.unranked if c in values.columns])
+        else:
+            values = values.drop(index=[r for r in self.unranked if r in values.index])
         lines = values.iterrows() if self.rank == "row" else values.items()
         for label, line in lines:
             for place, value in enumerate(sorted(line.dropna().unique(), reverse=True)[:2], 1):
@@ -295,7 +338,7 @@ def to_csv(view: TableView) -> str:
         for r in panel.mean.index:
             labels = dict(zip(names, r if isinstance(r, tuple) else (r,)))
             for c in panel.mean.columns:
-                std = None if panel.std is None else panel.std.at[r, c]
+                std = panel.std_at(r, c)
                 frames.append({"panel": panel.name, **labels, "column": c,
                                "mean": panel.mean.at[r, c], "std": std,
                                "rank": int(ranks.at[r, c]), "note": panel.note(r, c)})

@@ -43,6 +43,8 @@ class FitResult:
     epoch_s: list[float]
     warmup_steps: int
     notes: dict[str, str] = field(default_factory=dict)
+    #: How many samples of each split the selected state predicts as each class.
+    pred_counts: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def ms_per_iter(self) -> float:
@@ -150,18 +152,26 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
         logger.debug("epoch %d: val acc %.4f (best %.4f @ %d)", epoch, acc, best_acc, best_epoch)
     model.load_state_dict(best_state)
     notes: dict[str, str] = {}
-    val = evaluate(model, data, "val", eval_batch_size, notes)
-    test = evaluate(model, data, "test", eval_batch_size, notes)
+    counts: dict[str, list[int]] = {}
+    val = evaluate(model, data, "val", eval_batch_size, notes, counts)
+    test = evaluate(model, data, "test", eval_batch_size, notes, counts)
     return FitResult(val=val, test=test, best_epoch=best_epoch, val_acc_curve=curve,
-                     step_ms=step_ms, epoch_s=epoch_s, warmup_steps=warmup_steps, notes=notes)
+                     step_ms=step_ms, epoch_s=epoch_s, warmup_steps=warmup_steps, notes=notes,
+                     pred_counts=counts)
 
 
 def evaluate(model: BenchModel, data: RunData, split: str, batch_size: int | None = None,
-             notes: dict[str, str] | None = None) -> dict[str, float]:
+             notes: dict[str, str] | None = None,
+             counts: dict[str, list[int]] | None = None) -> dict[str, float]:
     """Metrics of ``split``; their caveats go to ``notes`` as ``"<split>_<metric>"``, so a
-    split holding only some classes yields NaN with a reason rather than a lost run."""
+    split holding only some classes yields NaN with a reason rather than a lost run; how
+    often each class is predicted goes to ``counts[split]`` (a model that predicts one class
+    for every sample is flagged in the tables)."""
     split_notes: dict[str, str] = {}
     probs, y = predict(model, data, split, batch_size)
+    if counts is not None:
+        pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+        counts[split] = np.bincount(pred, minlength=data.spec.num_classes).tolist()
     out = classification_metrics(probs, y, notes=split_notes,
                                  class_names=data.spec.class_names or None)
     if notes is not None:

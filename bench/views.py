@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 
 from bench.config import LOCATION_OPTIONS
+from bench.context import CONTEXT, context_metric
 from bench.presets import ABLATIONS, MODEL_LABELS, ArtefactCells, model_label
 from bench.profiles import get_profile
 from bench.resources import shipped
-from bench.tables import Panel, TableView
+from bench.tables import ONE_CLASS, Panel, TableView, predicts_one_class
 
 PAPER_DIR = shipped("paper")  # results/paper in a checkout, the package's copy when installed
 UNREGISTERED = "model not registered"
@@ -70,9 +71,14 @@ def summarise(frame: pd.DataFrame, by: list[str], column: str,
         ok = group.loc[group["status"] == "ok", column] if column in group else []
         values = pd.to_numeric(pd.Series(ok, dtype=object), errors="coerce").dropna()
         values = values.to_numpy(float) * scale
+        one = int(predicts_one_class(group[group["status"] == "ok"]).sum())
+        note = _note(group)
+        if one:
+            flag = ONE_CLASS + (f" ({one} of {len(values)} seeds)" if len(values) > 1 else "")
+            note = f"{note}; {flag}" if note else flag
         records.append({"mean": values.mean() if len(values) else np.nan,
-                        "std": float(np.std(values, ddof=0)) if len(values) else np.nan,
-                        "n": len(values), "note": _note(group)})
+                        "std": float(np.std(values, ddof=0)) if len(values) > 1 else np.nan,
+                        "n": len(values), "note": note})
         index.append(keys if isinstance(keys, tuple) else (keys,))
     labels = (pd.MultiIndex.from_tuples(index, names=by) if len(by) > 1
               else pd.Index([k[0] for k in index], name=by[0]))
@@ -111,8 +117,24 @@ def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "
     return " ".join(p for p in parts if p).strip()
 
 
-_CELLS = ("Cells: mean ± population std over seeds, in percent; best per row in bold, second "
-          "underlined.")
+#: What the context lines are, for every caption that shows them.
+CONTEXT_NOTE = ("In parentheses, context computed by the suite on the same test samples and "
+                "never ranked: the training split's majority class, and a logistic regression "
+                "on the run's modalities (zeros for a missing one; L2 strength chosen on "
+                "validation).")
+_CELLS = ("Cells: mean ± population std over seeds (the mean alone for one seed), in percent; "
+          "best per row in bold, second underlined. " + CONTEXT_NOTE)
+
+
+def _label(line: str) -> str:
+    return f"({line})"
+
+
+def _context(ac: ArtefactCells, metric: str) -> dict[str, dict[str, float]]:
+    """Context lines of an artefact's combinations (``bench.context``)."""
+    cells = pd.DataFrame([{"dataset": c.dataset, "data_options": c.data_options,
+                           "split_seed": c.split_seed, "combo": c.combo} for c in ac.cells])
+    return context_metric(cells.drop_duplicates("combo"), metric) if len(cells) else {}
 
 
 def metric_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableView:
@@ -126,7 +148,11 @@ def metric_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableView:
     mean = _grid(stats, rows, cols, "mean").rename_axis(index="combo", columns=None)
     std = _grid(stats, rows, cols, "std").rename_axis(index="combo", columns=None)
     notes = _grid(stats, rows, cols, "note").fillna("").rename_axis(index="combo", columns=None)
-    panels = [Panel("Reproduced", mean, std, notes)]
+    context = _context(ac, art.metric)
+    for line in CONTEXT:
+        mean[_label(line)] = [context.get(c, {}).get(line, np.nan) * 100.0 for c in rows]
+    panels = [Panel("Reproduced", mean, std, notes,
+                    unranked=tuple(_label(line) for line in CONTEXT))]
     paper = published(art.paper_file)
     paper["column"] = paper["model"].map({p: lbl for lbl, p in MODEL_LABELS.values() if p})
     p_mean = paper.pivot(index="combo", columns="column", values="mean").reindex(
@@ -137,7 +163,7 @@ def metric_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableView:
     p_notes = pd.DataFrame({c: "" if c in in_paper else NOT_IN_PAPER for c in cols}, index=rows)
     panels.append(Panel("Published", p_mean, p_std, p_notes.rename_axis(index="combo")))
     if ac.dataset.real:
-        panels.append(Panel("Δ reproduced − published", mean - p_mean, rank=None,
+        panels.append(Panel("Δ reproduced − published", mean[cols] - p_mean, rank=None,
                             formats=dict.fromkeys(cols, "+.2f")))
     name = art.id.replace("table", "Table ")
     return TableView(art.id, name, f"{art.title} on {ac.dataset.name}",
@@ -155,18 +181,25 @@ def ablation_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableVie
         stats.index = labels
         mean[col], std[col], notes[col] = stats["mean"], stats["std"], stats["note"]
     mean = pd.DataFrame({**mean, "paper ACC": paper["acc"], "paper F1": paper["f1"]})
-    std = pd.DataFrame(std).reindex(columns=mean.columns)
-    notes = pd.DataFrame(notes).reindex(columns=mean.columns, fill_value="")
+    combo = ac.artefact.sweeps[0].combos[0]
+    for line in CONTEXT:
+        mean.loc[_label(line)] = {col: _context(ac, metric).get(combo, {}).get(line, np.nan)
+                                  * 100.0 for metric, col in (("test_acc", "ACC"),
+                                                              ("test_f1", "F1"))}
+    std = pd.DataFrame(std).reindex(index=mean.index, columns=mean.columns)
+    notes = pd.DataFrame(notes).reindex(index=mean.index, columns=mean.columns, fill_value="")
+    notes = notes.fillna("")
     for frame_ in (mean, std, notes):
         frame_.index.name = "variant"
-    panels = [Panel("Reproduced and published", mean, std, notes, rank="column")]
+    panels = [Panel("Reproduced and published", mean, std, notes, rank="column",
+                    unranked=tuple(_label(line) for line in CONTEXT))]
     if ac.dataset.real:
         delta = pd.DataFrame({"Δ ACC": mean["ACC"] - mean["paper ACC"],
-                              "Δ F1": mean["F1"] - mean["paper F1"]})
+                              "Δ F1": mean["F1"] - mean["paper F1"]}).loc[labels]
         panels.append(Panel("Δ reproduced − published", delta, rank=None,
                             formats={"Δ ACC": "+.2f", "Δ F1": "+.2f"}))
     extra = ("Mean ± population std over seeds, in percent (the paper prints means only); "
-             "best per column in bold, second underlined.")
+             "best per column in bold, second underlined. " + CONTEXT_NOTE)
     return TableView("table3", "Table 3", f"{ac.artefact.title} on {ac.dataset.name}",
                      caption(ac, frame, profile, extra), panels)
 
@@ -218,15 +251,26 @@ def complexity_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableV
     order = [h for h in ("ms / step", "s / epoch", "paper time (s)", "GFLOPs (MACs, fvcore)",
                          "GFLOP (FlopCounter)", "paper GFLOPs", "params", "paper params",
                          "ACC", "paper ACC") if h in mean]
-    notes = pd.DataFrame(notes).reindex(columns=order, fill_value="")
-    panels = [Panel("Reproduced and published", pd.DataFrame(mean)[order],
-                    pd.DataFrame(std)[order], notes, rank=None, formats=formats)]
+    mean, std = pd.DataFrame(mean)[order], pd.DataFrame(std)[order]
+    context = _context(ac, "test_acc")
+    for combo in sweep.combos:
+        for line in CONTEXT:
+            mean.loc[(combo, _label(line)), :] = np.nan
+            mean.loc[(combo, _label(line)), "ACC"] = context.get(combo, {}).get(line,
+                                                                               np.nan) * 100.0
+    mean = mean.reindex(pd.MultiIndex.from_tuples(
+        [(c, m) for c in sweep.combos for m in [model_label(x) for x in sweep.models]
+         + [_label(line) for line in CONTEXT]], names=["combo", "model"]))
+    std = std.reindex(index=mean.index)
+    notes = pd.DataFrame(notes).reindex(index=mean.index, columns=order).astype(object)
+    notes = notes.where(notes.notna(), "")
+    panels = [Panel("Reproduced and published", mean, std, notes, rank=None, formats=formats)]
     if ac.dataset.real:
         delta = pd.DataFrame({"Δ ACC": panels[0].mean["ACC"] - panels[0].mean["paper ACC"]})
         panels.append(Panel("Δ reproduced − published", delta, rank=None,
                             formats={"Δ ACC": "+.2f"}))
     return TableView("table4", "Table 4", f"{ac.artefact.title} on {ac.dataset.name}",
-                     caption(ac, frame, profile, COST_NOTE), panels)
+                     caption(ac, frame, profile, f"{COST_NOTE} {CONTEXT_NOTE}"), panels)
 
 
 def sensitivity_data(ac: ArtefactCells, df: pd.DataFrame) -> pd.DataFrame:

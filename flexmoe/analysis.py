@@ -1,9 +1,10 @@
 """The data behind the paper's Figures 4 and 5, as tidy DataFrames (plotting lives elsewhere).
 
-* :func:`bank_similarity` (Figure 4): for every observed combination that occurs in the data
-  (rows) and every modality it misses (columns), the cosine similarity between the bank's
-  learned block for that pair and the real embedding of that modality (the mean encoder
-  output over the samples that have it), each mean-pooled over its P tokens first.
+* :func:`bank_similarity` (Figure 4): cosine similarities between the missing-modality
+  bank's own entries — between its rows (observed combinations) and between its columns
+  (modalities), "corresponding to row and column in missing modality bank" (paper §4.3) —
+  plus, as an extra panel that the paper does not have, each entry against the mean encoder
+  embedding of the modality it stands in for.
 * :func:`specialisation` : the share of tokens of samples missing a modality whose top-1
   expert is their combination's expert — what the S-Router's cross-entropy pushes for (the
   released code never forces it).
@@ -15,22 +16,109 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from bench.data.core import RunData
 from flexmoe.model import FlexMoE, SparseFusionLayer
 
+BANK_COLUMNS = ["panel", "row", "column", "cosine", "samples"]
+BankEntries = Literal["missing", "all"]
+
+
+def _cosine_matrix(vectors: Tensor) -> Tensor:
+    """Pairwise cosine similarity of the rows of ``vectors`` [n, d]; NaN where a row is 0."""
+    norms = vectors.norm(dim=1)
+    cos = (vectors @ vectors.T) / (norms[:, None] * norms[None, :])
+    cos = cos.clamp(-1.0, 1.0)
+    defined = norms > 0
+    cos.diagonal()[defined] = 1.0  # exact, not 1 ± rounding
+    return cos.masked_fill(~(defined[:, None] & defined[None, :]), float("nan"))
+
+
+def _matrix_records(panel: str, labels: list[str], cos: Tensor,
+                    samples: dict[str, int] | None) -> list[dict]:
+    return [{"panel": panel, "row": a, "column": b, "cosine": float(cos[i, j]),
+             "samples": None if samples is None else samples[a]}
+            for i, a in enumerate(labels) for j, b in enumerate(labels)]
+
 
 @torch.inference_mode()
-def bank_similarity(model: FlexMoE, data: RunData, split: str = "train") -> pd.DataFrame:
-    """Columns ``combo, modality, cosine, samples`` (``samples``: how many have the combo)."""
+def bank_similarity(model: FlexMoE, data: RunData | None = None, split: str = "train",
+                    entries: BankEntries = "missing", embedding: bool = True) -> pd.DataFrame:
+    """Figure 4: cosine similarities within the missing-modality bank, as one tidy frame.
+
+    Columns ``panel, row, column, cosine, samples``; every matrix is listed cell by cell
+    (both triangles and the diagonal), rows and columns in the order below.
+
+    The bank is ``[2^M − 1, M_full, P, H]``; only the run's M modalities are used (the
+    others' entries are never read). Its rows are the combinations of ``model.spec.combos``
+    (largest first, index 0 the full set) — with ``data``, only those that occur in
+    ``split`` (the training split holds every combination the model has read), else all.
+
+    * ``panel == "row"`` (the paper's left panel): combination × combination. Each
+      combination is the vector of its bank row, flattened over modalities and tokens
+      (M·P·H numbers). ``samples``: samples of ``split`` with the ``row`` combination.
+    * ``panel == "column"`` (the paper's right panel): modality × modality
+      (``model.spec.letters``). Each modality is the vector of its bank column, flattened
+      over the combinations above and tokens. ``samples``: samples of ``split`` missing the
+      ``row`` modality.
+    * ``panel == "embedding"`` (extra, not in the paper; only with ``data`` and
+      ``embedding``): combination × each modality it misses, the cosine between the entry
+      (mean over its P tokens) and the mean encoder output of that modality over the
+      samples of ``split`` that have it (also mean over tokens). ``samples``: samples with
+      the combination.
+
+    Which entries count (``entries``): a bank entry ``[combination, modality]`` is read
+    only when the modality is *missing* in the combination; the entries of observed
+    modalities are never read, get no gradient and keep their N(0, 1) initialisation.
+    ``"missing"`` (default) sets those never-read entries to zero before flattening, so a
+    cosine measures what training made of the bank: between two combinations it runs over
+    the modalities both miss (0 when they miss none in common), between two modalities over
+    the combinations missing both. The full combination misses nothing, so its row has no
+    read entry and its cosines are NaN (the same for a modality missing in no combination).
+    ``"all"`` flattens every entry as stored, initial noise included: this gives the full
+    combination cosines, but they compare independent N(0, 1) draws (≈ 0 ± 1/√(M·P·H)).
+    The released code ships no script for Figure 4, and its full-combination bank row is
+    never read, so no flattening of the released bank gives that row the paper's
+    similarities of about 0.5; both readings are offered, ``"missing"`` being the one that
+    measures what was trained.
+    """
     if model.bank is None:
         raise ValueError("this Flex-MoE has no bank (bank=False)")
+    if entries not in ("missing", "all"):
+        raise ValueError(f"entries must be 'missing' or 'all', not {entries!r}")
     model.eval()
+    letters, combos = model.spec.letters, model.spec.combos
+    present = data.combo_counts(split) if data is not None else None
+    rows = [k for k, c in enumerate(combos) if present is None or c in present]
+    labels = [combos[k] for k in rows]
+    bank = model.bank.detach().to("cpu", torch.float64)
+    block = bank[rows][:, list(model.global_index)]  # [n, M, P, H]
+    if entries == "missing":
+        missing = torch.tensor([[c not in combo for c in letters] for combo in labels])
+        block = block * missing[:, :, None, None]
+    miss_counts = (None if present is None else
+                   {c: sum(n for combo, n in present.items() if c not in combo) for c in letters})
+    records = _matrix_records("row", labels, _cosine_matrix(block.flatten(1)), present)
+    records += _matrix_records("column", list(letters),
+                               _cosine_matrix(block.transpose(0, 1).flatten(1)), miss_counts)
+    if data is not None and embedding:
+        records += _embedding_records(model, data, split, present)
+    frame = pd.DataFrame(records, columns=BANK_COLUMNS)
+    frame["samples"] = frame["samples"].astype("Int64")
+    return frame
+
+
+def _embedding_records(model: FlexMoE, data: RunData, split: str,
+                       present: dict[str, int]) -> list[dict]:
+    """The extra panel: each read bank entry against the mean encoder embedding."""
     letters = model.spec.letters
-    sums = {c: 0.0 for c in letters}
+    sums: dict[str, Tensor | float] = dict.fromkeys(letters, 0.0)
     counts = dict.fromkeys(letters, 0)
     for batch in data.batches(split, 1024):
         tokens = model.tokenizer(batch)
@@ -38,7 +126,6 @@ def bank_similarity(model: FlexMoE, data: RunData, split: str = "train") -> pd.D
             rows = batch.observed[:, j]
             sums[c] = sums[c] + tokens[c][rows].mean(1).sum(0)
             counts[c] += int(rows.sum())
-    present = data.combo_counts(split)
     records = []
     for index, combo in enumerate(model.spec.combos):
         if combo not in present:
@@ -48,9 +135,10 @@ def bank_similarity(model: FlexMoE, data: RunData, split: str = "train") -> pd.D
                 continue
             entry = model.bank[index, model.global_index[j]].mean(0)
             real = sums[c] / counts[c]
-            records.append({"combo": combo, "modality": c, "samples": present[combo],
-                            "cosine": float(F.cosine_similarity(entry, real, dim=0))})
-    return pd.DataFrame(records, columns=["combo", "modality", "samples", "cosine"])
+            records.append({"panel": "embedding", "row": combo, "column": c,
+                            "cosine": float(F.cosine_similarity(entry, real, dim=0)),
+                            "samples": present[combo]})
+    return records
 
 
 def _routes(model: FlexMoE, data: RunData, split: str, layer: int):

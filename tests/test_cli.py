@@ -106,8 +106,9 @@ def _dry_run(capsys, *args: str) -> dict:
 
 
 def test_quick_run_uses_the_small_synthetic_cohort_unless_told(capsys):
-    assert _dry_run(capsys)["data_options"] == {"scale": 0.1, "seed": 0, "split_file": None}
+    assert _dry_run(capsys)["data_options"] == {"scale": 0.1, "seed": 0, "split_file": None,
+                                                "eval": "complete"}
     assert _dry_run(capsys, "--data-option", "scale=1")["data_options"]["scale"] == 1.0
     # another option keeps the profile's cohort size, as reproduce does
     assert _dry_run(capsys, "--data-option", "seed=1")["data_options"] == {
-        "scale": 0.1, "seed": 1, "split_file": None}
+        "scale": 0.1, "seed": 1, "split_file": None, "eval": "complete"}

@@ -68,7 +68,7 @@ def test_numbers_are_normalised_and_loader_defaults_filled():
     assert _key(overrides={"lr": 1e-4}) == _key(overrides={"lr": "0.0001"})
     assert _key(overrides={"dropout": 0}) == _key(overrides={"dropout": 0.0})
     _, opts = resolve_data("synthetic-adni", {"scale": 1})
-    assert opts == {"scale": 1.0, "seed": 0, "split_file": None}
+    assert opts == {"scale": 1.0, "seed": 0, "split_file": None, "eval": "complete"}
     assert isinstance(opts["scale"], float)
 
 

@@ -158,10 +158,13 @@ def test_analysis_hooks_return_tidy_frames(adni):
     model = create_model("flexmoe", data.spec)
     sim = bank_similarity(model, data)
     present = data.combo_counts("train")
-    assert set(sim["combo"]) == set(present) - {"IGCB"}
-    for _, row in sim.iterrows():
-        assert row["modality"] not in row["combo"] and -1 <= row["cosine"] <= 1
-    assert len(sim) == sum(4 - len(c) for c in present if c != "IGCB")
+    assert list(dict.fromkeys(sim["panel"])) == ["row", "column", "embedding"]
+    assert len(sim[sim["panel"] == "row"]) == len(present) ** 2
+    emb = sim[sim["panel"] == "embedding"]  # the extra panel: bank entry vs encoder mean
+    assert set(emb["row"]) == set(present) - {"IGCB"}
+    for _, row in emb.iterrows():
+        assert row["column"] not in row["row"] and -1 <= row["cosine"] <= 1
+    assert len(emb) == sum(4 - len(c) for c in present if c != "IGCB")
     act = expert_activation(model, data)
     tokens_routed = 4 * 16 * 4 * int(data.splits["train"].numel())  # k × P × M × samples
     assert act["tokens"].sum() == tokens_routed

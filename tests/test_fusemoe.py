@@ -1,14 +1,17 @@
-"""FuseMoE specifics: exact parameter counts, trainable per-modality routers, the log-mixture,
-per-modality routing through one dispatch, skipping missing modalities."""
+"""FuseMoE specifics: exact parameter counts, trainable per-modality routers, the log-mixture
+and its offset, per-modality routing through one dispatch, skipping missing modalities, no
+balance loss by default, per-sample versus the released batch flattening."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import baselines.fusemoe as fusemoe
-from baselines.fusemoe import PerModalityMoE
+from baselines.fusemoe import FuseMoELayer, PerModalityMoE
 from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
@@ -135,3 +138,92 @@ def test_skip_missing_moe_needs_permod_and_is_reported():
     model = create_model("fusemoe", spec, skip_missing_moe=True, **SMALL)
     assert model.run_info() == {"missing_fill": "zero_embed", "router_type": "permod",
                                 "skip_missing_moe": True}
+
+
+def _cv2(v: torch.Tensor) -> torch.Tensor:
+    return v.var() / (v.mean() ** 2 + 1e-10)
+
+
+def test_balance_loss_is_off_by_default_and_is_the_weighted_cv2_sum_when_on(monkeypatch):
+    spec = spec_of({"A": 20, "B": 12})
+    batch = _batch([[True, True], [True, False], [False, True], [True, True]],
+                   {"A": 20, "B": 12})
+    torch.manual_seed(0)
+    _, aux = create_model("fusemoe", spec, num_layers=2, **SMALL).train()(batch)
+    assert torch.equal(aux, torch.zeros(()))  # the released training adds none
+    states = []
+    real = FuseMoELayer.route
+
+    def spy(self, u, keep):
+        y, gates = real(self, u, keep)
+        states.extend(gates)
+        return y, gates
+
+    monkeypatch.setattr(FuseMoELayer, "route", spy)
+    torch.manual_seed(0)
+    model = create_model("fusemoe", spec, num_layers=2, balance_weight=0.05, **SMALL).train()
+    _, aux = model(batch)
+    assert len(states) == 4  # 2 layers × 2 per-modality routers
+    assert all(g.sigma is not None for g in states)  # noisy: the smooth load in training
+    expected = 0.05 * sum(_cv2(g.importance.sum(0)) + _cv2(g.load.sum(0)) for g in states)
+    assert aux > 0
+    torch.testing.assert_close(aux, expected)
+
+
+@pytest.mark.parametrize("router_type", ["permod", "joint"])
+def test_logmix_offset_is_minus_m_log_mph_for_permod(router_type):
+    # M = 2, P = 4, H = 2: each expert maps to M·P·H = 16 features
+    layer = FuseMoELayer(2, 4, 2, 1, num_experts=4, top_k=2, expert_hidden=6,
+                         router_type=router_type, logits="laplace", noisy=True,
+                         combine="logmix", dropout=0.0).eval()
+    with torch.no_grad():  # constant expert outputs: a uniform distribution over 16 features
+        layer.moe.experts.w2.zero_()
+        layer.moe.experts.b2.zero_()
+    u = torch.randn(2, 5, 8)
+    y, _ = layer.route(u, None)
+    routed = 2 if router_type == "permod" else 1
+    torch.testing.assert_close(y, torch.full_like(y, -routed * math.log(16)))
+    if router_type == "permod":  # skipping a missing modality drops its −log(M·P·H)
+        keep = torch.tensor([[True, True], [True, False], [False, True], [True, True],
+                             [False, True]])
+        y, _ = layer.route(u, keep)
+        expected = -keep.sum(1, keepdim=True).float() * math.log(16)
+        torch.testing.assert_close(y, expected.expand_as(y))
+
+
+def test_batch_flatten_is_the_released_time_first_reshape():
+    layer = FuseMoELayer(2, 4, 3, 1, num_experts=4, top_k=2, expert_hidden=6,
+                         router_type="permod", logits="laplace", noisy=True,
+                         combine="logmix", dropout=0.0, flatten="batch")
+    x = torch.randn(4, 4, 3)  # B = P = 4
+    v = layer.to_vector(x)
+    for b in range(4):  # row b holds position b of every sample
+        assert torch.equal(v[b], x[:, b].flatten())
+    assert torch.equal(layer.from_vector(v, 4, 3), x)
+
+
+@pytest.mark.parametrize("flatten", ["sample", "batch"])
+def test_only_batch_flattening_lets_batch_mates_change_a_sample(flatten):
+    spec = spec_of({"A": 20, "B": 12})
+    torch.manual_seed(5)
+    model = create_model("fusemoe", spec, flatten=flatten, **SMALL).eval()
+    batch = _batch([[True, True]] * 4, {"A": 20, "B": 12})
+    changed = dict(batch.x)
+    changed["A"] = changed["A"].clone()
+    changed["A"][1] += 3.0
+    before, _ = model(batch)
+    after, _ = model(type(batch)(changed, batch.observed, batch.combo, batch.y))
+    others = [0, 2, 3]
+    if flatten == "sample":
+        torch.testing.assert_close(after[others], before[others])
+    else:
+        assert not torch.allclose(after[0], before[0])
+    assert not torch.allclose(after[1], before[1])
+
+
+def test_flatten_is_checked():
+    spec = spec_of({"A": 10, "B": 10})
+    with pytest.raises(ValueError, match="flatten"):
+        create_model("fusemoe", spec, flatten="time", **SMALL)
+    with pytest.raises(ValueError, match="flatten='sample'"):
+        create_model("fusemoe", spec, skip_missing_moe=True, flatten="batch", **SMALL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +13,7 @@ from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
 from tests.conftest import spec_of
+from tests.test_blocks import attention_zero_fraction
 
 SMALL = {"hidden": 16, "num_patches": 4, "num_experts": 4, "top_k": 2, "num_heads": 2}
 
@@ -117,3 +119,14 @@ def test_aux_loss_is_weighted_and_switches_off_with_zero_weights():
     (logits_on, aux_on), (logits_off, aux_off) = on(batch), off(batch)
     torch.testing.assert_close(logits_on, logits_off)
     assert aux_on > 0 and aux_off == 0
+
+
+@pytest.mark.parametrize("kwargs, zeros", [({}, 0.5), ({"attn_dropouts": "once"}, 0.5),
+                                           ({"attn_dropouts": "twice"}, 0.75)])
+def test_attention_branch_is_dropped_once_as_in_the_vit_block(kwargs, zeros):
+    """V-MoE's encoder block: attention → Dropout → + inputs (no projection dropout), in the
+    dense and the MoE blocks alike: at dropout 0.5 half of the branch is zero."""
+    model = create_model("limoe", spec_of({"A": 10, "B": 10}), num_layers=2, **kwargs)
+    assert isinstance(model.blocks[1], MoEBlock) and not isinstance(model.blocks[0], MoEBlock)
+    for i, block in enumerate(model.blocks):
+        assert abs(attention_zero_fraction(block, seed=i) - zeros) < 0.01

@@ -10,6 +10,7 @@ from bench.complexity import count_params
 from bench.data.core import combinations
 from bench.registry import create_model, resolve_hparams
 from tests.conftest import batch_of, spec_of
+from tests.test_blocks import attention_zero_fraction
 
 SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1}
 
@@ -90,3 +91,14 @@ def test_anchor_rule_for_other_families_and_bad_anchor():
     assert create_model("mag", spec, anchor="Y").aux_letters == "X"
     with pytest.raises(ValueError, match="anchor"):
         create_model("mag", spec, anchor="Z")
+
+
+@pytest.mark.parametrize("kwargs, zeros", [({}, 0.5), ({"attn_dropouts": "once"}, 0.5),
+                                           ({"attn_dropouts": "twice"}, 0.75)])
+def test_attention_branch_is_dropped_once_as_in_bert(kwargs, zeros):
+    """BERT's BertSelfOutput drops the attention output once (dense → dropout → LN(· + x));
+    at dropout 0.5 a fraction 0.5 of the branch is zero (0.75 when dropped twice)."""
+    model = create_model("mag", spec_of({"A": 10, "B": 7}), **kwargs)
+    assert len(model.blocks) == 2
+    for i, block in enumerate(model.blocks):
+        assert abs(attention_zero_fraction(block, seed=i) - zeros) < 0.01

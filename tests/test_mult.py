@@ -1,4 +1,5 @@
-"""MulT specifics: exact parameter count, cross-modal dependence, no causal mask by default."""
+"""MulT specifics: exact parameter count, cross-modal dependence, no causal mask by default,
+attention dropout by source modality."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from bench.complexity import count_params
 from bench.data.core import Batch
-from bench.registry import create_model
+from bench.registry import create_model, resolve_hparams
 from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1}
@@ -86,3 +87,75 @@ def test_include_self_widens_each_target():
 def test_needs_two_modalities():
     with pytest.raises(ValueError, match="at least two"):
         create_model("mult", spec_of({"A": 10}))
+
+
+def test_text_modality_defaults_by_family(adni, mimic):
+    assert resolve_hparams("mult", adni.restrict("IGCB").spec)["text_modality"] == "C"
+    assert resolve_hparams("mult", mimic.restrict("LNC").spec)["text_modality"] == "N"
+    # a run without the family's text modality, or another family: no text source
+    assert resolve_hparams("mult", adni.restrict("IG").spec)["text_modality"] is None
+    other = spec_of({"A": 10, "B": 7}, family="custom")
+    assert resolve_hparams("mult", other)["text_modality"] is None
+    with pytest.raises(ValueError, match="text_modality"):
+        create_model("mult", spec_of({"A": 10, "B": 7}), text_modality="Z")
+
+
+def attention_zero_fractions(model, batch):
+    """Fraction of zeroed attention weights per stacked encoder in one training forward:
+    ``(cross [M(M−1)], memory [M])`` of the first layer of each stack."""
+    seen = {}
+    hooks = [stack.layers[0].attn_drop.register_forward_hook(
+        lambda mod, args, out, name=name: seen.__setitem__(name, out.detach()))
+        for name, stack in (("cross", model.cross), ("mem", model.mem))]
+    model.train()(batch)
+    for h in hooks:
+        h.remove()
+    n_cross, n_mem = model.cross.layers[0].in_proj.weight.shape[0], model.spec.num_modalities
+    return ((seen["cross"].reshape(n_cross, -1) == 0).float().mean(1),
+            (seen["mem"].reshape(n_mem, -1) == 0).float().mean(1))
+
+
+def test_attention_dropout_follows_the_source_modality():
+    # Old behaviour: attn_dropout 0.1 on every cross-modal pair. The original drops 0.1 of
+    # the attention weights only where the key/value (source) modality is text, 0.0 where
+    # it is audio or vision, and 0.1 in every memory transformer.
+    spec = spec_of({"A": 10, "B": 7, "C": 5})
+    torch.manual_seed(0)
+    model = create_model("mult", spec, hidden=8, num_patches=16, num_heads=2, num_layers=1,
+                         text_modality="B", attn_dropout=0.25, attn_dropout_av=0.0)
+    batch = batch_of(spec, [[True] * 3] * 32)
+    torch.manual_seed(1)
+    cross, mem = attention_zero_fractions(model, batch)
+    sources = [spec.letters[j] for j in model.source_index.tolist()]
+    assert sources == ["B", "C", "A", "C", "A", "B"]  # targets A, A, B, B, C, C
+    for src, frac in zip(sources, cross.tolist()):
+        if src == "B":  # text source: ~p of 32·2·16·16 = 16,384 weights (std 0.003)
+            assert abs(frac - 0.25) < 0.02, (src, frac)
+        else:  # audio / vision source: nothing dropped
+            assert frac == 0.0, (src, frac)
+    assert all(abs(f - 0.25) < 0.02 for f in mem.tolist())  # memory: attn_dropout
+
+
+def test_attention_dropout_defaults_are_the_originals(mimic):
+    spec = mimic.restrict("LNC").spec
+    model = create_model("mult", spec)  # text_modality N, attn 0.1 (text, memory), av 0.0
+    by_pair = {(spec.letters[i], spec.letters[j]): p for i, j, p in zip(
+        model.target_index.tolist(), model.source_index.tolist(), model.pair_attn_dropout)}
+    assert by_pair == {("L", "N"): 0.1, ("L", "C"): 0.0, ("N", "L"): 0.0, ("N", "C"): 0.0,
+                       ("C", "L"): 0.0, ("C", "N"): 0.1}
+    assert all(layer.attn_drop.p == 0.1 for layer in model.mem.layers)
+
+
+def test_attention_dropout_settings_do_not_change_eval_logits():
+    spec = spec_of({"A": 10, "B": 7, "C": 5})
+    batch = batch_of(spec, [[True, True, True], [True, False, True], [False, True, True]])
+    outs = []
+    for kwargs in ({"text_modality": None, "attn_dropout": 0.0, "attn_dropout_av": 0.0},
+                   {"text_modality": "A", "attn_dropout": 0.1, "attn_dropout_av": 0.0},
+                   {"text_modality": "C", "attn_dropout": 0.5, "attn_dropout_av": 0.3}):
+        torch.manual_seed(0)
+        model = create_model("mult", spec, **SMALL, **kwargs).eval()
+        with torch.no_grad():
+            outs.append(model(batch)[0])
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    torch.testing.assert_close(outs[2], outs[0], rtol=0, atol=0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +12,15 @@ import torch.nn.functional as F
 from bench.complexity import count_params
 from bench.registry import create_model
 from bench.train import seed_everything
-from flexmoe.reference import LoopMoE, official_design, per_sample_loader
+from flexmoe.moe import Experts, SparseMoE, dispatch
+from flexmoe.reference import (
+    FusedMoE,
+    MoELinear,
+    official_design,
+    per_sample_loader,
+    released_batches,
+    released_num_workers,
+)
 
 
 def test_official_design_gives_the_same_outputs_and_gradients(adni):
@@ -17,32 +28,92 @@ def test_official_design_gives_the_same_outputs_and_gradients(adni):
     seed_everything(0)
     model = create_model("flexmoe", data.spec, num_layers=2).eval()
     ref = official_design(model).eval()
-    assert isinstance(ref.layers[0].mlp, LoopMoE)
+    assert isinstance(ref.layers[0].mlp, FusedMoE)
     assert count_params(ref) == count_params(model)
     batch = data.batch(data.splits["train"][:8])
     assert not batch.observed.all()
     grads = []
-    for m in (model, ref):
+    for m, experts in ((model, model.layers[0].mlp.experts),
+                       (ref, ref.layers[0].mlp.experts)):
         logits, aux = m(batch)
         (F.cross_entropy(logits, batch.y) + aux).backward()
+        if isinstance(experts, Experts):
+            w1, b1, w2 = experts.w1.grad, experts.b1.grad, experts.w2.grad
+        else:  # FastMoE's [E, out, in] layout
+            w1, b1 = experts.htoh4.weight.grad.transpose(1, 2), experts.htoh4.bias.grad
+            w2 = experts.h4toh.weight.grad.transpose(1, 2)
         grads.append((logits.detach(), aux.detach(), m.layers[0].attn.q.weight.grad.clone(),
-                      m.bank.grad.clone()))
+                      m.bank.grad.clone(), m.layers[0].mlp.gate.w_gate.grad.clone(),
+                      w1.clone(), b1.clone(), w2.clone()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    # the per-expert weights of the loop are copies of the stacked ones
-    first = ref.layers[0].mlp.experts.mlps[3][0]
-    torch.testing.assert_close(first.weight, model.layers[0].mlp.experts.w1[3].t())
+    # the fused weights are copies of the stacked ones, in FastMoE's [E, out, in] layout
+    fused = ref.layers[0].mlp.experts.htoh4.weight
+    assert fused.shape == (16, 256, 128)
+    torch.testing.assert_close(fused[3], model.layers[0].mlp.experts.w1[3].t())
+
+
+class _FixedRouting(torch.nn.Module):
+    def __init__(self, index, gates) -> None:
+        super().__init__()
+        self.routing = SimpleNamespace(index=index, gates=gates)
+
+    def forward(self, x):
+        return self.routing
+
+
+def test_fused_expert_step_matches_dispatch_with_an_empty_expert():
+    torch.manual_seed(0)
+    sparse = SparseMoE(8, 5, 2, d_hidden=16).double()
+    with torch.no_grad():
+        sparse.experts.b1.normal_()
+        sparse.experts.b2.normal_()
+    moe = FusedMoE(sparse)
+    fused = moe.experts
+    x = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 4, (12, 2))  # expert 4 gets no row
+    index[:, 1] = (index[:, 0] + 1) % 4
+    gates = torch.softmax(torch.randn(12, 2, dtype=torch.float64), 1)
+    moe.gate = _FixedRouting(index, gates)
+    y, _ = moe(x)
+    torch.testing.assert_close(y, dispatch(x, index, gates, sparse.experts, scheme="padded"))
+    y.square().sum().backward()
+    assert torch.equal(fused.htoh4.weight.grad[4], torch.zeros(16, 8, dtype=torch.float64))
+    # the hand-written backward of FastMoE's per-expert GEMM loop
+    counts = [3, 0, 5, 4]
+    w, b = torch.randn(4, 6, 7, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    rows = torch.randn(12, 7, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda r, w, b: MoELinear.apply(r, counts, w, b),
+        (rows.requires_grad_(), w.requires_grad_(), b.requires_grad_()), fast_mode=True)
+
+
+def _loader_children() -> set:
+    return set(multiprocessing.active_children())
 
 
 def test_per_sample_loader_serves_the_training_rows_once_per_epoch(adni):
     data = adni.restrict("IG")
-    batches = list(per_sample_loader(data, 8, seed=1))
+    before = _loader_children()
+    loader = per_sample_loader(data, 8, seed=1)
+    assert loader.num_workers == released_num_workers() >= 1
+    assert not loader.pin_memory and not loader.persistent_workers  # CPU: nothing to pin
+    assert per_sample_loader(data, 8, device="cuda").pin_memory
+    stream = released_batches(loader, "cpu")
+    epoch = len(loader)
+    batches = [next(stream) for _ in range(epoch)]
     assert all(len(b) == 8 for b in batches[:-1])
     labels = torch.cat([b.y for b in batches])
     assert labels.numel() == data.splits["train"].numel()
     assert torch.equal(labels.sort().values, data.labels[data.splits["train"]].sort().values)
     first = batches[0]
     assert set(first.x) == {"I", "G"} and first.observed.shape == (8, 2)
+    assert first.observed.dtype == torch.bool and first.x["I"].dtype == torch.float32
+    # a second epoch starts new workers; closing the stream mid-epoch stops them
+    next(stream)
+    assert len(_loader_children() - before) == loader.num_workers
+    stream.close()
+    assert not _loader_children() - before
 
 
 def test_perf_comparison_refuses_models_without_the_official_design():

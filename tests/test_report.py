@@ -28,8 +28,11 @@ SENSITIVITY = pd.DataFrame({"axis": ["experts"] * 3 + ["top-k"] * 2, "value": [4
 
 def _figures() -> dict[str, object]:
     """Every figure from small tidy frames shaped like the views' output."""
-    bank = pd.DataFrame({"combo": ["C", "C", "IC"], "modality": ["I", "G", "G"],
-                         "samples": [40, 40, 12], "cosine": [0.1, -0.2, 0.3]})
+    bank = pd.DataFrame({"panel": ["row"] * 4 + ["column"] * 4 + ["embedding"] * 3,
+                         "row": ["IC", "IC", "C", "C", "I", "I", "G", "G", "C", "C", "IC"],
+                         "column": ["IC", "C", "IC", "C", "I", "G", "I", "G", "I", "G", "G"],
+                         "cosine": [1.0, 0.4, 0.4, 1.0, 1.0, 0.2, 0.2, 1.0, 0.1, -0.2, 0.3],
+                         "samples": [12, 12, 40, 40, 40, 52, 40, 52, 40, 40, 12]})
     experts = pd.DataFrame({"expert": [0, 0, 2], "combo": ["IGCB", "C", "C"],
                             "tokens": [30, 10, 5], "share": [0.75, 0.25, 1.0]})
     mods = pd.DataFrame({"model": ["TF", "TF", "Flex-MoE", "Flex-MoE"],
@@ -38,7 +41,7 @@ def _figures() -> dict[str, object]:
     cost = pd.DataFrame({"model": ["TF", "Flex-MoE"] * 2, "combo": ["IG", "IG", "IGCB", "IGCB"],
                          "acc": [55, 60, 57, 66], "gflop": [0.1, 0.2, 0.4, 0.3],
                          "params": [2e6, 1.1e6, 1e7, 1.3e6]})
-    return {"fig4": plots.bank_similarity(bank, "IGCB"),
+    return {"fig4": plots.bank_similarity(bank),
             "fig5": plots.expert_activation(experts, 4), "fig6": plots.sensitivity(SENSITIVITY),
             "modalities": plots.accuracy_vs_modalities(mods),
             "cost": plots.accuracy_vs_cost(cost)}

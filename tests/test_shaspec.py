@@ -11,6 +11,7 @@ from baselines.shaspec import cycle_pairs, random_subset_of_size
 from bench.complexity import count_params, forward_flops
 from bench.registry import create_model
 from tests.conftest import batch_of, spec_of
+from tests.test_blocks import attention_zero_fraction
 
 SMALL = {"hidden": 16, "num_patches": 4, "num_heads": 2}
 
@@ -155,3 +156,89 @@ def test_flop_counter_runs_on_the_model():
     spec = spec_of({"A": 12, "B": 9})
     model = create_model("shaspec", spec, **SMALL)
     assert forward_flops(model, batch_of(spec, [[True, True], [False, True]])) > 0
+
+
+def _sources(model, batch) -> torch.Tensor:
+    """Per (sample, modality): the modality whose shared feature the fused feature is (−1 if
+    none, e.g. an observed modality's composed feature)."""
+    with torch.no_grad():
+        s, _, fused = model.features(batch)
+    match = (fused.unsqueeze(2) == s.unsqueeze(1)).flatten(3).all(-1)  # [B, M(fused), M(s)]
+    assert (match.sum(-1) <= 1).all()
+    return torch.where(match.any(-1), match.int().argmax(-1), -1)
+
+
+OBSERVED = [[False, True, True], [True, False, True], [True, True, False], [False, False, True],
+            [True, True, True]]
+
+
+def test_default_source_is_random_in_training_and_first_in_evaluation():
+    """The repo's training draws the available modalities with random.sample and takes the
+    first of them: every available modality serves as the source, uniformly."""
+    spec = spec_of({"A": 12, "B": 9, "C": 20})
+    batch = batch_of(spec, OBSERVED)
+    model = create_model("shaspec", spec, dropout=0.0, **SMALL)  # no other randomness
+    missing = [(0, 0), (1, 1), (2, 2), (3, 0), (3, 1)]  # (sample, missing modality)
+    torch.manual_seed(0)
+    counts = torch.zeros(len(missing), 3)
+    model.train()
+    for _ in range(300):
+        src = _sources(model, batch)
+        for k, (i, m) in enumerate(missing):
+            counts[k, src[i, m]] += 1
+        assert src[3, 0] == src[3, 1] == 2  # only C is available to sample 3
+    freq = counts / 300
+    # samples 0–2: the two available modalities each about half of the time (σ ≈ 0.03)
+    expected = torch.tensor([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    torch.testing.assert_close(freq[:3], expected, atol=0.12, rtol=0)
+    model.eval()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        src = _sources(model, batch)
+        assert [int(src[i, m]) for i, m in missing] == [1, 0, 0, 2, 2]
+    assert model.missing_source == "random"
+    assert model.run_info()["missing_fill"] == "shared_random"
+
+
+def test_random_source_is_deterministic_under_the_seed():
+    spec = spec_of({"A": 12, "B": 9, "C": 20})
+    batch = batch_of(spec, OBSERVED * 8)
+    model = create_model("shaspec", spec, **SMALL).train()
+    draws = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        draws.append(model.source_modality(batch.observed))
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            draws.append(model(batch)[0])
+    assert torch.equal(draws[0], draws[2]) and torch.equal(draws[1], draws[3])
+    assert not torch.equal(draws[0], draws[4])
+    assert batch.observed.gather(1, draws[0].unsqueeze(1)).all()  # always an observed one
+
+
+def test_source_modality_is_uniform_over_the_observed():
+    spec = spec_of({"A": 4, "B": 4, "C": 4, "D": 4})
+    model = create_model("shaspec", spec, **SMALL).train()
+    obs = torch.tensor([[True, False, True, True]] * 6000)
+    torch.manual_seed(0)
+    freq = torch.bincount(model.source_modality(obs), minlength=4).float() / len(obs)
+    torch.testing.assert_close(freq, torch.tensor([1 / 3, 0, 1 / 3, 1 / 3]), atol=0.03, rtol=0)
+    assert (model.eval().source_modality(obs) == 0).all()
+
+
+def test_first_option_takes_the_first_available_in_training_too():
+    spec = spec_of({"A": 12, "B": 9, "C": 20})
+    model = create_model("shaspec", spec, missing_source="first", dropout=0.0, **SMALL).train()
+    batch = batch_of(spec, OBSERVED)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        src = _sources(model, batch)
+        assert [int(src[i, m]) for i, m in [(0, 0), (1, 1), (2, 2), (3, 0)]] == [1, 0, 0, 2]
+
+
+@pytest.mark.parametrize("kwargs, zeros", [({}, 0.5), ({"attn_dropouts": "twice"}, 0.75)])
+def test_transformer_encoders_drop_the_attention_branch_once(kwargs, zeros):
+    model = create_model("shaspec", spec_of({"A": 12, "B": 9}), **kwargs)
+    blocks = [model.shared, *model.specific.values()]
+    for i, block in enumerate(blocks):
+        assert abs(attention_zero_fraction(block, seed=i) - zeros) < 0.01

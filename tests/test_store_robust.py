@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.config import KEY_VERSION
 from bench.store import COLUMNS, JSON_COLUMNS, ResultStore, StoreError, load_results, write_receipt
 
 #: The ``runs`` columns of a store written by an earlier version (before key_version, config,
@@ -130,7 +131,8 @@ def test_table_command_reads_a_read_only_store(tmp_path, capsys):
     path = tmp_path / "r.sqlite"
     with ResultStore(path) as store:
         for seed in (0, 1):
-            store.write({"key": f"k{seed}", "status": "ok", "model": "tf", "dataset": "toy",
+            store.write({"key": f"k{seed}", "key_version": KEY_VERSION, "status": "ok",
+                         "model": "tf", "dataset": "toy",
                          "combo": "AB", "seed": seed, "profile": "quick", "hparams": {},
                          "created_at": f"2026-01-0{seed + 1}", "test_acc": 0.5 + seed / 10})
     before = _snapshot(path)

@@ -35,7 +35,8 @@ def test_table_splits_a_model_only_for_settings_that_differ_on_one_combination()
 def _cells(artefact_id: str, unregistered: tuple[str, ...] = (), real: bool = False,
            seeds: tuple[int, ...] = (0, 1)) -> ArtefactCells:
     art = ARTEFACTS[artefact_id]
-    sweeps = [(s, [Cell(m, "adni" if real else "synthetic-adni", c, seed, {"epochs": 3})
+    sweeps = [(s, [Cell(m, "adni" if real else "synthetic-adni", c, seed, {"epochs": 3},
+                        data_options={} if real else {"scale": 0.1})
                    for m in s.models if m not in unregistered for c in s.combos
                    for seed in seeds]) for s in art.sweeps]
     return ArtefactCells(art, DatasetChoice("adni" if real else "synthetic-adni", real,
@@ -75,10 +76,14 @@ def test_metric_table_shape_order_bold_and_paper_numbers():
     view = metric_view(ac, _rows(ac, failed={("mag", "IG")}), "quick")
     repro, paper = view.panels
     assert [p.name for p in view.panels] == ["Reproduced", "Published"]  # no Δ on synthetic
-    assert repro.mean.shape == paper.mean.shape == (11, 11)
+    assert paper.mean.shape == (11, 11) and repro.mean.shape == (11, 13)
     assert list(repro.mean.index) == list(ADNI_COMBOS)
     assert list(repro.mean.columns)[0] == "[59] Venugopalan"
-    assert list(repro.mean.columns)[-2:] == ["Flex-MoE", "I2MoE"]
+    assert list(repro.mean.columns)[-4:] == ["Flex-MoE", "I2MoE", "(majority class)",
+                                             "(logistic regression)"]
+    majority = repro.mean["(majority class)"]
+    assert majority.between(30, 50).all() and repro.mean["(logistic regression)"].notna().all()
+    assert not repro.ranks()[["(majority class)", "(logistic regression)"]].any().any()
     md = to_markdown(view)
     first, second = md.index("*Reproduced*"), md.index("*Published*")
     ig = _line(md[first:second], "IG")
@@ -115,7 +120,7 @@ def test_latex_html_and_csv_carry_the_same_cells():
     assert "<b>45.10 ± 0.10</b>" in page and "<sup>1</sup> model not registered" in page
     long = pd.read_csv(io.StringIO(to_csv(view)), keep_default_na=False)
     assert set(long["panel"]) == {"Reproduced", "Published"}
-    assert len(long) == 2 * 4 * 7
+    assert len(long) == 4 * (7 + 2) + 4 * 7  # the reproduced panel adds two context lines
     best = long[(long["panel"] == "Reproduced") & (long["rank"] == 1)]
     assert set(best["column"]) == {"Flex-MoE"}
     limoe = long[long["column"] == "LIMoE"].groupby("panel")["note"].unique()
@@ -128,7 +133,9 @@ def test_ablation_table_ranks_per_column_beside_the_paper():
     view = ablation_view(ac, _rows(ac), "quick")
     (panel,) = view.panels
     assert list(panel.mean.columns) == ["ACC", "F1", "paper ACC", "paper F1"]
-    assert list(panel.mean.index) == list(ABLATIONS.values())
+    context = ["(majority class)", "(logistic regression)"]
+    assert list(panel.mean.index) == list(ABLATIONS.values()) + context
+    assert panel.mean.loc[context, ["ACC", "F1"]].notna().all().all()
     assert panel.ranks().loc["Flex-MoE", "paper ACC"] == 1
     ranks = panel.ranks()["ACC"]  # the fake accuracy rises down the rows
     assert ranks["sorting: ascending"] == 1 and ranks["sorting: random"] == 2
@@ -141,8 +148,10 @@ def test_complexity_table_shows_fvcore_only_when_stored(fvcore):
     view = complexity_view(ac, _rows(ac, fvcore=fvcore), "quick")
     (panel,) = view.panels
     assert list(panel.mean.index.get_level_values(0)[:6]) == ["IG"] * 6
-    assert list(panel.mean.index.get_level_values(1)[:6]) == [
-        "TF", "MulT", "MAG", "LIMoE", "FuseMoE", "Flex-MoE"]
+    assert list(panel.mean.index.get_level_values(1)[:8]) == [
+        "TF", "MulT", "MAG", "LIMoE", "FuseMoE", "Flex-MoE", "(majority class)",
+        "(logistic regression)"]
+    assert panel.mean.loc[("IG", "(logistic regression)"), "ACC"] > 30
     assert ("GFLOPs (MACs, fvcore)" in panel.mean.columns) is fvcore
     assert {"ms / step", "s / epoch", "paper time (s)", "params", "ACC"} <= set(
         panel.mean.columns)
