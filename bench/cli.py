@@ -171,6 +171,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(runs: Any) -> str:
+    """The data options and training settings the runs share (or their range), for a header."""
+    from bench.config import LOCATION_OPTIONS
+
+    def values(series: Any) -> str:
+        found = sorted({json.dumps(v, sort_keys=True) for v in series})
+        return "/".join(found)
+
+    options = {k: v for opts in runs["data_options"] for k, v in (opts or {}).items()
+               if v is not None and k not in LOCATION_OPTIONS}
+    data = ", ".join(f"{k}={values(o.get(k) for o in runs['data_options'])}" for k in options)
+    hp = runs["hparams"]
+    train = ", ".join(f"{label} {values(h.get(key) for h in hp)}" for key, label in (
+        ("epochs", "epochs"), ("batch_size", "batch"), ("lr", "lr")))
+    return "; ".join(p for p in (data, train) if p)
+
+
 def _print_table(store_path: Path | None, metric: str, dataset: str | None = None,
                  profile: str | None = None, keys: set[str] | None = None,
                  fmt: str = "markdown") -> None:
@@ -185,7 +202,8 @@ def _print_table(store_path: Path | None, metric: str, dataset: str | None = Non
     table = pivot(runs, metric, context_metric(runs, metric))
     if fmt == "markdown":
         spread = "mean ± std over seeds" if len(seeds) > 1 else "seed"
-        print(f"\n{metric} (%, {spread} {seeds}) on {dataset}, profile {profile}\n")
+        print(f"\n{metric} (%, {spread} {seeds}) on {dataset} ({_settings(runs)}), profile "
+              f"{profile}\n")
     print(render(table, fmt))
     if fmt == "markdown":
         if any(ONE_CLASS_MARK in str(v) for v in table.to_numpy().ravel()):

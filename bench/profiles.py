@@ -1,7 +1,8 @@
 """Run profiles: how much training a grid does, owned in one place.
 
-A :class:`Profile` owns everything a profile changes — epochs, seeds, which combinations a
-grid takes by default and the data-set options it adds (the user's options win) — and
+A :class:`Profile` owns everything a profile changes — training settings (epochs, batch
+size, learning rate), seeds, which combinations a grid takes by default and the data-set
+options it adds (the user's options and ``--set`` win) — and
 describes itself from those values, so no caption restates them. ``run``, ``reproduce``,
 ``report``, ``perf`` and the captions all resolve through it. A profile never changes a
 model's architecture.
@@ -31,18 +32,18 @@ def paper_order(combos: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Profile:
-    """One profile's rules; ``epochs=None`` keeps each model's own epochs."""
+    """One profile's rules; an empty ``train`` keeps each model's own training settings."""
 
     name: str
     purpose: str
-    epochs: int | None
+    train: Mapping[str, Any]
     seeds: tuple[int, ...]
     combos: str
     data_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def train_settings(self) -> dict[str, Any]:
-        """Training settings the profile imposes on every model."""
-        return {} if self.epochs is None else {"epochs": self.epochs}
+        """Training settings the profile imposes on every model (``--set`` wins)."""
+        return dict(self.train)
 
     def default_combos(self, letters: str) -> list[str]:
         """The combinations a grid takes when the user names none."""
@@ -59,7 +60,10 @@ class Profile:
 
     def describe(self) -> str:
         """One phrase generated from the rules (captions add the resolved values of the runs)."""
-        epochs = "each model's own epochs" if self.epochs is None else f"{self.epochs} epochs"
+        names = {"epochs": "{} epochs", "batch_size": "batch {}", "lr": "lr {:g}",
+                 "weight_decay": "weight decay {:g}"}
+        epochs = (", ".join(names.get(k, k + " {}").format(v) for k, v in self.train.items())
+                  or "each model's own training settings")
         combos = ("the first two modalities and all of them" if self.combos == "pair-and-full"
                   else "every combination of two or more modalities")
         seeds = ", ".join(map(str, self.seeds))
@@ -70,9 +74,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
-    Profile("quick", "a smoke test of the pipeline, not a ranking", 3, (0,), "pair-and-full",
-            {"synthetic-adni": {"scale": 0.1}, "synthetic-mimic": {"scale": 0.1}}),
-    Profile("paper", "the paper's protocol", None, (0, 1, 2), "two-or-more"),
+    Profile("quick", "a smoke test of the pipeline, not a ranking", {"epochs": 3}, (0,),
+            "pair-and-full", {"synthetic-adni": {"scale": 0.1}, "synthetic-mimic": {"scale": 0.1}}),
+    Profile("paper", "the paper's protocol", {}, (0, 1, 2), "two-or-more"),
 )}
 
 

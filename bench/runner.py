@@ -69,8 +69,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def execute(cell: RunConfig, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Train and evaluate one cell; return its store row (a failed run is a row too)."""
+def execute(cell: RunConfig, device: str | torch.device = "cpu",
+            on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell; return its store row (a failed run is a row too).
+    ``on_epoch(epoch)`` is called after every training epoch (progress bars)."""
     for module in cell.plugins:
         registry.load_plugin(module)
     dev = resolve_device(str(device))
@@ -94,7 +96,7 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu") -> dict[str, An
         seed_everything(cell.seed)
         train_hp, _ = registry.split_hparams(cell.hparams)
         model = registry.build_model(cell.model, data.spec, cell.hparams).to(dev)
-        result = fit(model, data, seed=cell.seed, **train_hp)
+        result = fit(model, data, seed=cell.seed, on_epoch=on_epoch, **train_hp)
         probe = data.batch(data.splits["val"][: train_hp.get("batch_size", 8)])
         flops = forward_flops(model, probe)
         macs, skipped = fvcore_macs(model, probe)
@@ -160,20 +162,31 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
         logger.info("%d of %d run(s) already in %s", len(unique) - len(todo), len(unique),
                     store.path)
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress or not todo)
+    # progress in epochs, so the ETA weighs a 50-epoch run as 50 of a 1-epoch one
+    epochs = {c.key: int(c.hparams.get("epochs", 1)) for c in todo}
+    bar = tqdm(total=sum(epochs.values()), desc=f"{len(todo)} run(s)", unit="epoch",
+               disable=not progress or not todo)
+    counted: dict[str, int] = {}
 
     def finish(row: dict[str, Any]) -> None:
         store.write(row)
         rows.append(row)
-        bar.set_postfix_str(f"{row['model']} {row['combo']} s{row['seed']} {row['status']}")
-        bar.update()
+        bar.update(epochs[row["key"]] - counted.get(row["key"], 0))  # the rest of a failed run
         if on_row:
             on_row(row)
 
+    def epoch_done(key: str) -> Callable[[int], None]:
+        def tick(_: int) -> None:
+            counted[key] = counted.get(key, 0) + 1
+            bar.update()
+        return tick
+
     try:
         if jobs <= 1:
-            for cell in todo:
-                finish(execute(cell, device))
+            for i, cell in enumerate(todo, 1):
+                bar.set_postfix_str(f"run {i}/{len(todo)}: {cell.model} {cell.combo} "
+                                    f"seed {cell.seed}")
+                finish(execute(cell, device, epoch_done(cell.key)))
         else:
             threads = max(1, (os.cpu_count() or 1) // jobs)
             with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
@@ -181,6 +194,8 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
                            for c in todo]
                 for fut in as_completed(futures):
                     row = fut.result()
+                    bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed "
+                                        f"{row['seed']} {row['status']}")
                     finish(row)
                     (store.receipts_dir / f"{row['key']}.json").unlink(missing_ok=True)
     finally:

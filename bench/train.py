@@ -7,6 +7,7 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,7 +114,7 @@ def predict(model: BenchModel, data: RunData, split: str,
 
 def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs: int,
         weight_decay: float = 0.0, seed: int = 0, eval_batch_size: int | None = None,
-        warmup_steps: int = 10) -> FitResult:
+        warmup_steps: int = 10, on_epoch: Callable[[int], None] | None = None) -> FitResult:
     """Train ``model`` on ``data`` and test the state of the best validation accuracy.
 
     Selection follows the official code: the first epoch with the strictly highest
@@ -150,6 +151,8 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
             best_acc, best_epoch = acc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         logger.debug("epoch %d: val acc %.4f (best %.4f @ %d)", epoch, acc, best_acc, best_epoch)
+        if on_epoch is not None:
+            on_epoch(epoch)
     model.load_state_dict(best_state)
     notes: dict[str, str] = {}
     counts: dict[str, list[int]] = {}

@@ -112,7 +112,8 @@ def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "
     epochs = values("epochs")
     parts = [f"Data set {data}.",
              f"Profile {profile} ({get_profile(profile).purpose}); seeds "
-             f"{', '.join(map(str, seeds)) or 'n/a'}; epochs trained {epochs}; device "
+             f"{', '.join(map(str, seeds)) or 'n/a'}; epochs trained {epochs}; batch size "
+             f"{values('batch_size')}; learning rate {values('lr')}; device "
              f"{'; '.join(devices)}; code {values('code_version')}.", extra]
     return " ".join(p for p in parts if p).strip()
 

@@ -146,7 +146,8 @@ def test_profiles_own_their_rules():
     for profile in PROFILES.values():  # the description is generated from the rules
         text = profile.describe()
         assert ", ".join(map(str, profile.seeds)) in text
-        assert (f"{profile.epochs} epochs" in text) == (profile.epochs is not None)
+        epochs = profile.train.get("epochs")
+        assert (f"{epochs} epochs" in text) == (epochs is not None)
 
 
 @pytest.mark.parametrize("setting, expected", [

@@ -80,3 +80,14 @@ def test_process_pool_gives_the_same_rows(tmp_path):
     for key, row in serial.items():
         for k in ("test_acc", "test_f1", "test_auc", "val_acc_curve", "params", "best_epoch"):
             assert row[k] == pooled[key][k], k
+
+
+def test_progress_counts_epochs_and_names_the_current_run(tmp_path, capsys):
+    cells = _grid(overrides={"epochs": 3})
+    seen = []
+    row = execute(cells[0], on_epoch=seen.append)
+    assert row["status"] == "ok" and seen == [0, 1, 2]
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run_grid(_grid(seeds=[0, 1]), store, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch" in err and "run 2/2: tf IG seed 1" in err
