@@ -1,5 +1,5 @@
-"""Command line: ``run``, ``list``, ``table``, ``perf``, ``reproduce``, ``report``
-(``run_bench.py``, ``flexmoe-bench``)."""
+"""Command line: ``run``, ``status``, ``list``, ``table``, ``perf``, ``reproduce``,
+``report`` (``run_bench.py``, ``flexmoe-bench``)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     run.add_argument("--metric", default="test_acc", help="metric of the table printed at the end")
     run.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+
+    sub.add_parser("status", parents=[common, store], help="what the store holds, per grid",
+                   description="Per grid (model × data set × profile): runs done, running "
+                   "(with the coordinator holding each, host:pid), failed (with the first line "
+                   "of the error) and training time spent. Pending runs are not shown: they "
+                   "depend on the grid asked for. Reads the store read-only.")
 
     lst = sub.add_parser("list", parents=[common], help="list registered models or data sets",
                          description="List registered models (with their default settings) or "
@@ -240,8 +246,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         store_path = store.path
     failed = sum(r["status"] != "ok" for r in rows)
     keys = {c.key for c in cells}
-    print(f"{len(rows)} run(s) written to {store_path}, {len(keys) - len(rows)} already there, "
-          f"{failed} failed")
+    claimed = len(rows.claimed)
+    print(f"{len(rows)} run(s) written to {store_path}, {len(keys) - len(rows) - claimed} "
+          f"already there, {claimed} claimed by another run, {failed} failed")
     stored = load_results(store_path)
     stored = stored[stored["key"].isin(keys)]
     if (stored["status"] == "ok").any():
@@ -252,6 +259,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for _, r in bad.iterrows():
             print(f"  {r['model']} {r['combo']} seed {r['seed']}: {r['error']}")
     return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.claims import status_report
+
+    print(status_report(args.store))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -364,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for module in args.plugin:
             registry.load_plugin(module)
-        commands = {"run": cmd_run, "list": cmd_list, "table": cmd_table, "perf": cmd_perf,
-                    "reproduce": cmd_reproduce, "report": cmd_report}
+        commands = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "table": cmd_table,
+                    "perf": cmd_perf, "reproduce": cmd_reproduce, "report": cmd_report}
         return commands[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, ImportError, StoreError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

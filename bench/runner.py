@@ -7,15 +7,20 @@ library versions and code version are recorded with each row but not hashed.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as dt
 import logging
 import os
 import platform
+import signal
 import subprocess
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -26,14 +31,20 @@ from tqdm.auto import tqdm
 
 import bench
 from bench import registry
+from bench.claims import Coordinator
 from bench.complexity import count_params, forward_flops, fvcore_macs
 from bench.config import KEY_VERSION, RunConfig, load_data
 from bench.data.core import RunData
 from bench.resources import checkout_root
-from bench.store import ResultStore, write_receipt
+from bench.store import Claim, ResultStore, write_receipt
 from bench.train import fit, seed_everything
 
 logger = logging.getLogger(__name__)
+
+#: How often a pool worker checks that its coordinator is still its parent.
+PARENT_POLL_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1
+
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
@@ -137,6 +148,27 @@ def excluded_note(data: RunData) -> dict[str, str]:
                        f"{data.spec.letters} and are not scored"}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker when its coordinator dies (``kill -9`` included),
+    so no orphan goes on training. Linux: the kernel sends SIGKILL (``PR_SET_PDEATHSIG``);
+    every POSIX system: a daemon thread polls ``os.getppid()`` (it changes when the parent
+    dies) every :data:`PARENT_POLL_SECONDS`. What a worker finished is in its receipt."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.name != "posix":
+        return
+    if os.getppid() != parent:  # died before we were watching
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker(cell: RunConfig, device: str, receipts: str, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     row = execute(cell, device)
@@ -144,13 +176,30 @@ def _worker(cell: RunConfig, device: str, receipts: str, threads: int) -> dict[s
     return row
 
 
+class GridRows(list):
+    """The rows one :func:`run_grid` call wrote (a list), plus ``claimed``: key → the claim
+    of another coordinator that held each run this call left to it."""
+
+    claimed: dict[str, Claim]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed = {}
+
+
 def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu", jobs: int = 1,
              progress: bool = True,
-             on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+             on_row: Callable[[dict[str, Any]], None] | None = None) -> GridRows:
     """Run every cell the store does not hold yet; write each row as it finishes.
 
-    ``jobs > 1`` uses a local process pool; workers also leave a JSON receipt so that rows
-    survive the coordinator. Returns the rows written by this call.
+    Each run is claimed in the store just before it starts (with ``jobs > 1``: just before
+    it is handed to a free worker, so at most ``jobs`` claims are held and coordinators
+    sharing the store split a grid run by run). A run another coordinator holds is skipped
+    and logged, then tried again after this call's other runs, pass after pass while a pass
+    frees any (its holder died, or finished or failed it); what stays held is in the
+    result's ``claimed``.
+    ``jobs > 1`` uses a local process pool whose workers exit when this process dies and
+    leave a JSON receipt, so rows survive the coordinator. Returns the rows written.
     """
     recovered = store.ingest_receipts()
     if recovered:
@@ -161,15 +210,39 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
     if len(unique) > len(todo):
         logger.info("%d of %d run(s) already in %s", len(unique) - len(todo), len(unique),
                     store.path)
-    rows: list[dict[str, Any]] = []
+    rows = GridRows()
     # progress in epochs, so the ETA weighs a 50-epoch run as 50 of a 1-epoch one
     epochs = {c.key: int(c.hparams.get("epochs", 1)) for c in todo}
     bar = tqdm(total=sum(epochs.values()), desc=f"{len(todo)} run(s)", unit="epoch",
                disable=not progress or not todo)
     counted: dict[str, int] = {}
+    started = 0
+
+    def tick_total(key: str, sign: int) -> None:  # runs left to others are not our work
+        bar.total += sign * epochs[key]
+        bar.refresh()
+
+    def claimed_cells(pending: list[RunConfig], held: dict[str, tuple[RunConfig, Claim]],
+                      told: set[str]) -> Iterator[RunConfig]:
+        """The cells of ``pending`` this coordinator wins, claimed one at a time."""
+        for cell in pending:
+            outcome, other = coordinator.claim(cell)
+            if outcome == "claimed":
+                if cell.key in told:
+                    tick_total(cell.key, +1)
+                yield cell
+            elif outcome == "held" and other is not None:
+                held[cell.key] = (cell, other)
+                if cell.key not in told:
+                    told.add(cell.key)
+                    tick_total(cell.key, -1)
+                    logger.info("skipping %s %s seed %d (%s): claimed by another run on %s",
+                                cell.model, cell.combo, cell.seed, cell.key, other.holder)
+            elif cell.key not in told:  # done by another coordinator meanwhile
+                tick_total(cell.key, -1)
 
     def finish(row: dict[str, Any]) -> None:
-        store.write(row)
+        coordinator.finish(row)
         rows.append(row)
         bar.update(epochs[row["key"]] - counted.get(row["key"], 0))  # the rest of a failed run
         if on_row:
@@ -181,24 +254,59 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
             bar.update()
         return tick
 
-    try:
-        if jobs <= 1:
-            for i, cell in enumerate(todo, 1):
-                bar.set_postfix_str(f"run {i}/{len(todo)}: {cell.model} {cell.combo} "
-                                    f"seed {cell.seed}")
-                finish(execute(cell, device, epoch_done(cell.key)))
-        else:
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_worker, c, device, str(store.receipts_dir), threads)
-                           for c in todo]
-                for fut in as_completed(futures):
+    def run_serial(source: Iterator[RunConfig]) -> None:
+        nonlocal started
+        for cell in source:
+            started += 1
+            bar.set_postfix_str(f"run {started}/{len(todo)}: {cell.model} {cell.combo} "
+                                f"seed {cell.seed}")
+            finish(execute(cell, device, epoch_done(cell.key)))
+
+    def run_pool(source: Iterator[RunConfig], pool: ProcessPoolExecutor) -> None:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        running: dict[Future, RunConfig] = {}
+        try:
+            while True:
+                while len(running) < jobs:  # claim a run only when a worker is free for it
+                    cell = next(source, None)
+                    if cell is None:
+                        break
+                    running[pool.submit(_worker, cell, device, str(store.receipts_dir),
+                                        threads)] = cell
+                if not running:
+                    return
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    running.pop(fut)
                     row = fut.result()
                     bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed "
                                         f"{row['seed']} {row['status']}")
                     finish(row)
                     (store.receipts_dir / f"{row['key']}.json").unlink(missing_ok=True)
-    finally:
-        bar.close()
-    return rows
+        finally:
+            for fut in running:
+                fut.cancel()
 
+    with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
+        coordinator = stack.enter_context(Coordinator(store))
+        pool = None
+        if jobs > 1 and todo:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                initargs=(os.getpid(),)))
+        pending, told = todo, set[str]()
+        held: dict[str, tuple[RunConfig, Claim]] = {}
+        while pending:
+            held = {}
+            source = claimed_cells(pending, held, told)
+            run_pool(source, pool) if pool is not None else run_serial(source)
+            if len(held) == len(pending):  # nothing freed up: leave them to their holders
+                break
+            pending = [cell for cell, _ in held.values()]
+        rows.claimed = {key: claim for key, (_, claim) in held.items()}
+    if rows.claimed:
+        logger.info("%d run(s) left to the other coordinator(s) holding them (%s); a later run "
+                    "trains any they leave unfinished", len(rows.claimed),
+                    ", ".join(sorted({c.holder for c in rows.claimed.values()})))
+    return rows

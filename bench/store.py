@@ -18,6 +18,25 @@ Guarantees:
   writer's journal on read-only media), never creates, alters or makes directories, and
   reads older layouts: missing columns load as None ({} for JSON columns).
 * A store that cannot be created or written is a StoreError naming the path and reason.
+
+Claims (several coordinators on one store, e.g. one per node on a shared file system):
+
+* Before a coordinator starts a cell it claims it: one ``BEGIN IMMEDIATE`` transaction that
+  reads the cell's row and its ``claims`` row and, only if the cell is not done (no ``ok``
+  row, and no failed row written by another coordinator since this one started) and not
+  held by a live lease of another coordinator, writes a claim (key, owner uuid, host, pid,
+  machine id, lease expiry). So at most one coordinator starts a cell while leases are kept.
+* A lease is live until its expiry (wall-clock seconds; hosts' clocks must agree to well
+  within the lease) unless its holder ran on this machine (same host, boot and pid
+  namespace: ``machine``) and its pid no longer exists. An expired or dead lease is taken
+  over; a live one is skipped and reported.
+* The holder renews its leases (bench.claims: a heartbeat thread with its own connection)
+  and releases each in the transaction that writes the cell's row, and every remaining one
+  when it exits, normally or by an exception. A coordinator stalled longer than its lease
+  may be overtaken: the cell then runs twice and the later row replaces the earlier, as
+  without claims. Coordinators of versions without claims ignore them.
+* The ``claims`` table is created (or added to an older store) in the schema transaction;
+  read-only opening never needs it (:meth:`ResultStore.claims` reads none then).
 """
 
 from __future__ import annotations
@@ -28,7 +47,9 @@ import logging
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -60,6 +81,12 @@ COLUMNS: dict[str, str] = {
     "device": "TEXT", "device_name": "TEXT", "threads": "INTEGER",
     "torch_version": "TEXT", "python_version": "TEXT", "code_version": "TEXT",
 }
+#: The ``claims`` table: one row per cell a coordinator has started and not yet written.
+CLAIM_COLUMNS: dict[str, str] = {
+    "key": "TEXT PRIMARY KEY", "owner": "TEXT", "host": "TEXT", "pid": "INTEGER",
+    "machine": "TEXT", "claimed_at": "REAL", "expires": "REAL",
+    "model": "TEXT", "dataset": "TEXT", "combo": "TEXT", "seed": "INTEGER", "profile": "TEXT",
+}
 JSON_COLUMNS = ("config", "hparams", "data_options", "run_info", "metric_notes",
                 "test_pred_counts", "val_acc_curve", "fvcore_skipped_ops")
 
@@ -68,6 +95,29 @@ _ADVICE = "It was left untouched: pass another --store path (or move the file as
 
 class StoreError(RuntimeError):
     """The results store cannot be used as it is; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the ``claims`` table: ``owner`` (a coordinator's uuid) holds ``key`` until
+    ``expires`` (seconds since the epoch) unless renewed."""
+
+    key: str
+    owner: str
+    host: str
+    pid: int
+    machine: str | None = None
+    claimed_at: float = 0.0
+    expires: float = 0.0
+    model: str | None = None
+    dataset: str | None = None
+    combo: str | None = None
+    seed: int | None = None
+    profile: str | None = None
+
+    @property
+    def holder(self) -> str:
+        return f"{self.host}:{self.pid}"
 
 
 def default_store_path() -> Path:
@@ -194,9 +244,13 @@ class ResultStore:
             raise
         self._conn.execute("COMMIT")
 
+    def _claim_columns(self) -> set[str]:
+        return {r[1] for r in self._conn.execute("PRAGMA table_info(claims)")}
+
     def _ensure_schema(self) -> None:
         tables, cols = self._layout()
-        if "runs" in tables and set(COLUMNS) <= cols:
+        if "runs" in tables and set(COLUMNS) <= cols and set(CLAIM_COLUMNS) <= \
+                self._claim_columns():
             return  # the usual case: no write lock needed
         with self._transaction():
             tables, cols = self._layout()  # another process may have done it meanwhile
@@ -204,13 +258,16 @@ class ResultStore:
                 self._conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
                 self._conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
                                    (SCHEMA_VERSION,))
-            if "runs" not in tables:
-                defs = ", ".join(f'"{c}" {t}' for c, t in COLUMNS.items())
-                self._conn.execute(f"CREATE TABLE runs ({defs})")
-            else:  # a store written by an older version: add columns, never drop
-                for c, t in COLUMNS.items():
-                    if c not in cols:
-                        self._conn.execute(f'ALTER TABLE runs ADD COLUMN "{c}" {t}')
+            # a store written by an older version: tables and columns added, never dropped
+            for table, columns, present in (("runs", COLUMNS, cols),
+                                            ("claims", CLAIM_COLUMNS, self._claim_columns())):
+                if table not in tables:
+                    defs = ", ".join(f'"{c}" {t}' for c, t in columns.items())
+                    self._conn.execute(f"CREATE TABLE {table} ({defs})")
+                    continue
+                for c, t in columns.items():
+                    if c not in present:
+                        self._conn.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {t}')
 
     def close(self) -> None:
         if hasattr(self, "_conn"):  # closing twice is harmless
@@ -226,10 +283,15 @@ class ResultStore:
         """Keys of runs that finished successfully (failed runs are retried)."""
         return {r[0] for r in self._conn.execute("SELECT key FROM runs WHERE status = 'ok'")}
 
-    def write(self, row: dict[str, Any]) -> None:
-        """Insert or replace one run, in its own transaction."""
+    def _writable(self) -> None:
         if self.readonly:
             raise StoreError(f"results store {self.path} was opened read-only; cannot write")
+
+    def write(self, row: dict[str, Any], release: str | None = None) -> bool:
+        """Insert or replace one run, in its own transaction; with ``release`` (an owner id)
+        also drop that owner's claim on the run in the same transaction, and return whether
+        the claim was still held (False: it had expired and been taken over)."""
+        self._writable()
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown result column(s) {sorted(unknown)}; expected columns of "
@@ -241,6 +303,73 @@ class ResultStore:
         with self._transaction():
             self._conn.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
                                list(values.values()))
+            if release is None:
+                return True
+            return self._conn.execute("DELETE FROM claims WHERE key = ? AND owner = ?",
+                                      (row["key"], release)).rowcount > 0
+
+    def unfinished(self) -> dict[str, Any]:
+        """Key → ``created_at`` of every row that is not ``ok`` (failed runs), as of now."""
+        return dict(self._conn.execute("SELECT key, created_at FROM runs WHERE status IS NOT "
+                                       "'ok'").fetchall())
+
+    def claim(self, want: Claim, seen: Mapping[str, Any] | None = None,
+              alive: Callable[[Claim], bool] | None = None) -> tuple[str, Claim | None]:
+        """Claim ``want.key`` for ``want.owner`` in one ``BEGIN IMMEDIATE`` transaction.
+
+        Returns ``("claimed", want)``; ``("done", None)`` when the run has an ``ok`` row, or
+        (given ``seen``, :meth:`unfinished` as the claimant first saw it) a failed row that
+        is not in ``seen``: another coordinator ran it meanwhile, so it is not retried
+        before the next run; or ``("held", claim)`` when another owner's lease has not
+        expired and ``alive(claim)`` (default: always) says its holder still runs. An expired
+        or dead lease is replaced (and logged).
+        """
+        self._writable()
+        with self._transaction():
+            row = self._conn.execute("SELECT status, created_at FROM runs WHERE key = ?",
+                                     (want.key,)).fetchone()
+            if row is not None and (row[0] == "ok" or (
+                    seen is not None and (want.key, row[1]) not in seen.items())):
+                return "done", None
+            current = self._read_claims("WHERE key = ?", (want.key,))
+            if current and current[0].owner != want.owner:
+                other = current[0]
+                if other.expires > time.time() and (alive is None or alive(other)):
+                    return "held", other
+                logger.info("taking over run %s from %s (%s)", want.key, other.holder,
+                            "lease expired" if other.expires <= time.time()
+                            else "its process is gone")
+            values = [getattr(want, c) for c in CLAIM_COLUMNS]
+            self._conn.execute(f"INSERT OR REPLACE INTO claims ({', '.join(CLAIM_COLUMNS)}) "
+                               f"VALUES ({', '.join('?' for _ in values)})", values)
+        return "claimed", want
+
+    def renew(self, owner: str, expires: float) -> set[str]:
+        """Move every lease of ``owner`` to ``expires``; return the keys it still holds."""
+        self._writable()
+        with self._transaction():
+            self._conn.execute("UPDATE claims SET expires = ? WHERE owner = ?", (expires, owner))
+            return {r[0] for r in self._conn.execute("SELECT key FROM claims WHERE owner = ?",
+                                                     (owner,))}
+
+    def release(self, owner: str, key: str | None = None) -> int:
+        """Drop ``owner``'s claim on ``key`` (every claim of ``owner`` without one)."""
+        self._writable()
+        where, args = ("owner = ? AND key = ?", (owner, key)) if key is not None \
+            else ("owner = ?", (owner,))
+        with self._transaction():
+            return self._conn.execute(f"DELETE FROM claims WHERE {where}", args).rowcount
+
+    def claims(self) -> list[Claim]:
+        """Every claim in the store, live or not (none in an older store read in place)."""
+        if "claims" not in self._layout()[0]:
+            return []
+        return self._read_claims()
+
+    def _read_claims(self, where: str = "", args: tuple = ()) -> list[Claim]:
+        present = [c for c in CLAIM_COLUMNS if c in self._claim_columns()]
+        cur = self._conn.execute(f"SELECT {', '.join(present)} FROM claims {where}", args)
+        return [Claim(**dict(zip(present, r))) for r in cur]
 
     def write_receipt(self, row: dict[str, Any]) -> Path:
         """Atomically leave ``row`` as JSON beside the store (a worker's safety copy)."""

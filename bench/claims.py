@@ -1,0 +1,223 @@
+"""Several coordinators on one store: each claims a run before starting it.
+
+A :class:`Coordinator` is one ``run`` (or ``reproduce``) process's hold on a store. It claims
+each run just before starting it (the store checks, in one transaction, that the run is not
+done and not held by another coordinator's live lease; see :mod:`bench.store`), renews its
+leases from a heartbeat thread every :data:`RENEW_SECONDS` so they stay :data:`LEASE_SECONDS`
+ahead, releases each lease in the transaction that writes the run's row and every remaining
+one when it exits (normally or by an exception). A coordinator that dies without releasing
+(``kill -9``, a lost node) holds its runs until the lease expires, or, on the same machine,
+until another coordinator sees that its process is gone.
+
+:func:`status_report` is ``run_bench.py status``: per grid, what the store knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bench.store import Claim, ResultStore, StoreError
+
+logger = logging.getLogger(__name__)
+
+#: How long a claim holds without renewal: the longest a dead node's runs wait for takeover.
+LEASE_SECONDS = 600.0
+#: How often a live coordinator renews its leases (well under the lease, so a slow or locked
+#: store costs several renewals before anything expires).
+RENEW_SECONDS = 60.0
+
+
+@lru_cache(maxsize=1)
+def machine_id() -> str | None:
+    """Host name, boot id and pid namespace: two claims with the same value were made where
+    one pid names one process (Linux only; elsewhere None, so only expiry frees a lease)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{socket.gethostname()}/{boot}/{namespace}"
+
+
+def holder_alive(claim: Claim) -> bool:
+    """False only when ``claim`` was made on this machine by a process that no longer exists
+    (a reused pid reads as alive: the lease then runs out instead)."""
+    if claim.machine is None or claim.machine != machine_id():
+        return True
+    try:
+        os.kill(claim.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+class Coordinator:
+    """This process's claims on ``store`` (a context manager: leases are released on exit)."""
+
+    def __init__(self, store: ResultStore, lease_s: float | None = None,
+                 renew_s: float | None = None) -> None:
+        self.store = store
+        self.owner = uuid.uuid4().hex
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.machine = machine_id()
+        self.lease_s = LEASE_SECONDS if lease_s is None else lease_s
+        self.renew_s = RENEW_SECONDS if renew_s is None else renew_s
+        #: failed rows as this coordinator found them: any other was written since
+        self.seen = store.unfinished()
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Coordinator:
+        self._thread = threading.Thread(target=self._heartbeat, name="claims-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.store.release(self.owner)
+        except (sqlite3.Error, StoreError) as err:  # never mask the exception that got us here
+            logger.warning("could not release this run's claims in %s (%s); they expire within "
+                           "%.0f s", self.store.path, err, self.lease_s)
+        with self._lock:
+            self._held.clear()
+
+    def claim(self, cell: Any) -> tuple[str, Claim | None]:
+        """Claim ``cell`` (a RunConfig): ``("claimed", ours)``, ``("done", None)`` or
+        ``("held", theirs)`` (see :meth:`bench.store.ResultStore.claim`)."""
+        now = time.time()
+        want = Claim(cell.key, self.owner, self.host, self.pid, self.machine, now,
+                     now + self.lease_s, cell.model, cell.dataset, cell.combo, cell.seed,
+                     cell.profile)
+        outcome, claim = self.store.claim(want, self.seen, holder_alive)
+        if outcome == "claimed":
+            with self._lock:
+                self._held.add(cell.key)
+        return outcome, claim
+
+    def finish(self, row: dict[str, Any]) -> None:
+        """Write ``row`` and release its lease in one transaction."""
+        kept = self.store.write(row, release=self.owner)
+        with self._lock:
+            self._held.discard(row["key"])
+        if not kept:
+            logger.warning("run %s: this coordinator's lease had run out and another took the "
+                           "run over; its row was written anyway (the later row wins)",
+                           row["key"])
+
+    def _heartbeat(self) -> None:
+        try:
+            with ResultStore(self.store.path) as store:  # a connection of this thread's own
+                while not self._stop.wait(self.renew_s):
+                    self._renew(store)
+        except (sqlite3.Error, StoreError, OSError) as err:
+            logger.warning("lease renewal stopped (%s): runs of this coordinator that last "
+                           "longer than %.0f s may be taken over", err, self.lease_s)
+
+    def _renew(self, store: ResultStore) -> None:
+        with self._lock:  # claimed before this point: committed before the renewal
+            before = set(self._held)
+        if not before:
+            return
+        try:
+            kept = store.renew(self.owner, time.time() + self.lease_s)
+        except (sqlite3.Error, StoreError) as err:
+            logger.warning("could not renew leases in %s (%s); retrying in %.0f s", store.path,
+                           err, self.renew_s)
+            return
+        with self._lock:  # neither released meanwhile nor claimed since
+            lost = (before & self._held) - kept
+            self._held -= lost
+        if lost:
+            logger.warning("lost the lease on %d run(s) (%s): expired and taken over by another "
+                           "coordinator?", len(lost), ", ".join(sorted(lost)))
+
+
+# -- run_bench.py status ---------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _first_line(text: Any) -> str:
+    lines = text.strip().splitlines() if isinstance(text, str) else []
+    return lines[0] if lines else "(no error recorded)"
+
+
+def status_report(path: str | Path | None = None, now: float | None = None) -> str:
+    """Per grid (model × data set × profile): runs done, running (lease holder host:pid),
+    failed (first line of the error) and the training time spent (sum of ``train_seconds``
+    over done and failed runs). Pending runs are not known without the grid; only rows of
+    the current key version are counted (older ones are never matched again). Read-only."""
+    import pandas as pd
+    from tabulate import tabulate
+
+    from bench.config import KEY_VERSION
+
+    now = time.time() if now is None else now
+    with ResultStore(path, readonly=True) as store:
+        df = store.load()
+        claims = store.claims()
+        where = store.path
+    old = df["key_version"].isna() | (df["key_version"] != KEY_VERSION)
+    n_old, df = int(old.sum()), df[~old]
+    ok = set(df.loc[df["status"] == "ok", "key"])
+    grids: dict[tuple, dict[str, Any]] = {}
+
+    def grid(model: Any, dataset: Any, profile: Any) -> dict[str, Any]:
+        return grids.setdefault((str(model), str(dataset), str(profile)), {
+            "done": 0, "running": [], "stale": [], "failed": [], "seconds": 0.0})
+
+    for r in df.itertuples():
+        g = grid(r.model, r.dataset, r.profile)
+        if r.status == "ok":
+            g["done"] += 1
+        else:
+            g["failed"].append(f"{r.combo} seed {r.seed}: {_first_line(r.error)}")
+        if pd.notna(r.train_seconds):
+            g["seconds"] += float(r.train_seconds)
+    for c in claims:
+        if c.key in ok:  # written after the claim (e.g. from a receipt): nothing runs
+            continue
+        g = grid(c.model, c.dataset, c.profile)
+        what = f"{c.combo} seed {c.seed}: {c.holder}"
+        if c.expires > now and holder_alive(c):
+            g["running"].append(f"{what} (lease ends in {_duration(c.expires - now)} unless "
+                                "renewed)")
+        else:
+            g["stale"].append(f"{what} (lease expired or process gone: the next run takes it "
+                              "over)")
+    if not grids:
+        return f"{where}: no runs yet" + (f" ({n_old} of an older key version)" if n_old else "")
+    table = [{"model": m, "dataset": d, "profile": p, "done": g["done"],
+              "running": len(g["running"]), "failed": len(g["failed"]),
+              "time spent": _duration(g["seconds"])} for (m, d, p), g in sorted(grids.items())]
+    lines = [f"{where}", "", tabulate(table, headers="keys", tablefmt="github")]
+    for (m, d, p), g in sorted(grids.items()):
+        details = [f"  running  {x}" for x in sorted(g["running"])] + \
+                  [f"  stale    {x}" for x in sorted(g["stale"])] + \
+                  [f"  failed   {x}" for x in sorted(g["failed"])]
+        if details:
+            lines += ["", f"{m} on {d}, profile {p}:", *details]
+    if n_old:
+        lines += ["", f"({n_old} row(s) of an older key version not counted)"]
+    return "\n".join(lines)

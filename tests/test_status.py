@@ -1,0 +1,78 @@
+"""`run_bench.py status`: per grid, runs done, running (holder host:pid), failed (first line
+of the error) and time spent, from a hand-made store, read without writing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+
+from bench.cli import main
+from bench.config import KEY_VERSION
+from bench.store import Claim, ResultStore
+
+
+def _row(key, model="tf", combo="IG", seed=0, status="ok", seconds=30.0, **extra):
+    return {"key": key, "key_version": KEY_VERSION, "status": status, "model": model,
+            "dataset": "synthetic-adni", "combo": combo, "seed": seed, "profile": "quick",
+            "created_at": "2026-01-01T00:00:00+00:00", "train_seconds": seconds, **extra}
+
+
+def _claim(key, model, combo, seed, host, pid, expires):
+    return Claim(key, f"owner-{host}", host, pid, f"{host}/boot/ns", time.time() - 60, expires,
+                 model, "synthetic-adni", combo, seed, "quick")
+
+
+def test_status_shows_done_running_failed_and_time_per_grid(tmp_path, capsys):
+    path = tmp_path / "r.sqlite"
+    now = time.time()
+    with ResultStore(path) as store:
+        store.write(_row("a", seconds=3000.0))
+        store.write(_row("b", combo="IGCB", seconds=700.0))
+        store.write(_row("c", seed=1, status="failed", seconds=5.0,
+                         error="RuntimeError: CUDA out of memory\n  (details)"))
+        store.write(_row("d", model="flexmoe", combo="IGCB", seconds=60.0))
+        store.write(_row("e", model="tf", profile="paper", key_version=KEY_VERSION - 1))
+        store.write(_row("n", model="mag", status="failed", seconds=None, error=None))
+        store.claim(_claim("r1", "tf", "IGCB", 1, "node7", 4242, now + 300))
+        store.claim(_claim("r2", "flexmoe", "IG", 0, "node8", 99, now + 300))
+        store.claim(_claim("old", "flexmoe", "IG", 1, "node9", 7, now - 5))  # expired
+        store.claim(_claim("a", "tf", "IG", 0, "node7", 4242, now + 300))  # already done
+    before = path.read_bytes()
+    assert main(["status", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert path.read_bytes() == before and not os.path.exists(f"{path}-journal")
+    table = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): [
+        c.strip() for c in line.strip("|").split("|")[3:]]
+        for line in out.splitlines() if line.startswith("| ") and "model" not in line}
+    assert table == {("flexmoe", "synthetic-adni", "quick"): ["1", "1", "0", "0:01:00"],
+                     ("mag", "synthetic-adni", "quick"): ["0", "0", "1", "0:00:00"],
+                     ("tf", "synthetic-adni", "quick"): ["2", "1", "1", "1:01:45"]}
+    assert "  running  IGCB seed 1: node7:4242 (lease ends in 0:0" in out
+    assert "  running  IG seed 0: node8:99" in out
+    assert "  stale    IG seed 1: node9:7 (lease expired" in out
+    assert "  failed   IG seed 1: RuntimeError: CUDA out of memory\n" in out
+    assert "details" not in out and "IG seed 0: node7:4242" not in out  # a's row is written
+    assert "  failed   IG seed 0: (no error recorded)" in out
+    assert "(1 row(s) of an older key version not counted)" in out
+
+
+def test_status_of_an_empty_an_older_and_a_missing_store(tmp_path, capsys):
+    empty = tmp_path / "empty.sqlite"
+    ResultStore(empty).close()
+    assert main(["status", "--store", str(empty)]) == 0
+    assert capsys.readouterr().out.strip() == f"{empty}: no runs yet"
+    old = tmp_path / "old.sqlite"  # no claims table, no key_version: read in place
+    with contextlib.closing(sqlite3.connect(old)) as conn, conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("CREATE TABLE runs (key TEXT PRIMARY KEY, status TEXT, model TEXT)")
+        conn.execute("INSERT INTO runs VALUES ('k', 'ok', 'tf')")
+    before = old.read_bytes()
+    assert main(["status", "--store", str(old)]) == 0
+    assert "no runs yet (1 of an older key version)" in capsys.readouterr().out
+    assert old.read_bytes() == before
+    assert main(["status", "--store", str(tmp_path / "absent.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no results store at") and err.count("\n") == 1
