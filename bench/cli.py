@@ -182,7 +182,8 @@ def _settings(runs: Any) -> str:
     from bench.config import LOCATION_OPTIONS
 
     def values(series: Any) -> str:
-        found = sorted({json.dumps(v, sort_keys=True) for v in series})
+        found = sorted({v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                        for v in series})
         return "/".join(found)
 
     options = {k: v for opts in runs["data_options"] for k, v in (opts or {}).items()
