@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ def _stat_signature(dataset: str, options: dict[str, Any]) -> tuple:
         p = Path(root)
         files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) \
             if p.is_dir() else []
-        sig += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        sig += [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
     return tuple(sig)
 
 
@@ -142,8 +142,9 @@ class RunConfig:
                 "split_digest": self.split_digest, "combo": self.combo, "seed": self.seed,
                 "profile": self.profile}
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """Hash of :meth:`identity` (computed once: grids, tables and claims ask often)."""
         text = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -183,10 +183,11 @@ def ablation_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableVie
         mean[col], std[col], notes[col] = stats["mean"], stats["std"], stats["note"]
     mean = pd.DataFrame({**mean, "paper ACC": paper["acc"], "paper F1": paper["f1"]})
     combo = ac.artefact.sweeps[0].combos[0]
+    context = {col: _context(ac, metric).get(combo, {})
+               for metric, col in (("test_acc", "ACC"), ("test_f1", "F1"))}
     for line in CONTEXT:
-        mean.loc[_label(line)] = {col: _context(ac, metric).get(combo, {}).get(line, np.nan)
-                                  * 100.0 for metric, col in (("test_acc", "ACC"),
-                                                              ("test_f1", "F1"))}
+        mean.loc[_label(line)] = {col: ctx.get(line, np.nan) * 100.0
+                                  for col, ctx in context.items()}
     std = pd.DataFrame(std).reindex(index=mean.index, columns=mean.columns)
     notes = pd.DataFrame(notes).reindex(index=mean.index, columns=mean.columns, fill_value="")
     notes = notes.fillna("")
