@@ -197,11 +197,12 @@ def _settings(runs: Any) -> str:
 
 def _print_table(store_path: Path | None, metric: str, dataset: str | None = None,
                  profile: str | None = None, keys: set[str] | None = None,
-                 fmt: str = "markdown") -> None:
+                 fmt: str = "markdown", stored: Any = None) -> None:
+    """Print the results table of the runs in ``store_path`` (``stored``: already loaded)."""
     from bench.context import CONTEXT, context_metric
     from bench.tables import ONE_CLASS, ONE_CLASS_MARK, pivot, render, select_runs
 
-    df = load_results(store_path)
+    df = load_results(store_path) if stored is None else stored
     if keys is not None:
         df = df[df["key"].isin(keys)]
     runs, dataset, profile = select_runs(df, dataset, profile)
@@ -253,7 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stored = load_results(store_path)
     stored = stored[stored["key"].isin(keys)]
     if (stored["status"] == "ok").any():
-        _print_table(store_path, args.metric, cells[0].dataset, args.profile, keys)
+        _print_table(store_path, args.metric, cells[0].dataset, args.profile, keys,
+                     stored=stored)
     bad = stored[stored["status"] == "failed"]
     if not bad.empty:
         print(f"\n{len(bad)} run(s) failed:")
@@ -271,11 +273,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "datasets":
-        from bench.hparams import signature_types
+        from bench.config import data_settings
 
         for name in registry.list_datasets():
-            options = {k: d for k, (_, d) in signature_types(registry.dataset_loader(name)).items()
-                       if k not in ("split_seed", "path")}
+            options = {k: d for k, (_, d) in data_settings(name).items()}
             print(f"{name if name != 'folder' else 'folder:PATH'}")
             print(textwrap.indent(textwrap.fill(" ".join(registry.dataset_doc(name).split()),
                                                 88), "    "))

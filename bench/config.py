@@ -56,6 +56,15 @@ def canonical_dataset(dataset: str) -> str:
     return dataset
 
 
+def data_settings(dataset: str) -> dict[str, tuple[Any, Any]]:
+    """Name → (type, default) of every option of data set ``dataset`` (``folder:PATH``
+    included): its loader's keyword arguments and the options every data set takes."""
+    loader = registry.dataset_loader(_loader_name(dataset))
+    settings = {k: v for k, v in signature_types(loader).items()
+                if k not in ("split_seed", "path")}
+    return {**settings, **COMMON_OPTIONS}
+
+
 def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[str, dict]:
     """The canonical data-set name and every loader option, checked and normalised.
 
@@ -65,11 +74,8 @@ def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[s
     if not dataset or not dataset.strip():
         raise SettingError("the data set name is empty; pass --dataset NAME (run_bench.py "
                            "list datasets) or --dataset folder:PATH")
-    loader = registry.dataset_loader(_loader_name(dataset))
+    settings = data_settings(dataset)
     dataset = canonical_dataset(dataset)
-    settings = signature_types(loader)
-    settings = {k: v for k, v in settings.items() if k not in ("split_seed", "path")}
-    settings.update(COMMON_OPTIONS)
     given = dict(options or {})
     unknown = sorted(set(given) - set(settings))
     if unknown:
