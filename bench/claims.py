@@ -9,6 +9,13 @@ one when it exits (normally or by an exception). A coordinator that dies without
 (``kill -9``, a lost node) holds its runs until the lease expires, or, on the same machine,
 until another coordinator sees that its process is gone.
 
+A coordinator that submits runs to a scheduler (SLURM, Ray: :mod:`bench.executors`) hands
+each claim over to the run's task before submitting it (:meth:`Coordinator.hand_over`): the
+task claims the run under that owner when it starts and renews its own lease, so a run is
+trained once even if the coordinator dies meanwhile. Attached, the coordinator renews the
+handed-over leases too; detached (``--detach``), a queued run is held for
+:data:`DETACH_HOLD_SECONDS` or until its task starts.
+
 :func:`status_report` is ``run_bench.py status``: per grid, what the store knows.
 """
 
@@ -34,6 +41,8 @@ LEASE_SECONDS = 600.0
 #: How often a live coordinator renews its leases (well under the lease, so a slow or locked
 #: store costs several renewals before anything expires).
 RENEW_SECONDS = 60.0
+#: How long a detached job's queued runs stay held before their task starts (its queue wait).
+DETACH_HOLD_SECONDS = 24 * 3600.0
 
 
 @lru_cache(maxsize=1)
@@ -66,9 +75,13 @@ class Coordinator:
     """This process's claims on ``store`` (a context manager: leases are released on exit)."""
 
     def __init__(self, store: ResultStore, lease_s: float | None = None,
-                 renew_s: float | None = None) -> None:
+                 renew_s: float | None = None, owner: str | None = None,
+                 release: bool = True) -> None:
+        """``owner``: claim as this id (a task claiming what its coordinator handed it);
+        ``release=False`` leaves the leases on exit (to the coordinator writing the rows)."""
         self.store = store
-        self.owner = uuid.uuid4().hex
+        self.owner = owner or uuid.uuid4().hex
+        self.release = release
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.machine = machine_id()
@@ -76,7 +89,7 @@ class Coordinator:
         self.renew_s = RENEW_SECONDS if renew_s is None else renew_s
         #: failed rows as this coordinator found them: any other was written since
         self.seen = store.unfinished()
-        self._held: set[str] = set()
+        self._held: dict[str, str] = {}  # key → owner: ours, or a task's we handed it to
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,13 +104,15 @@ class Coordinator:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        with self._lock:
+            owners = {self.owner, *self._held.values()} if self.release else set()
+            self._held.clear()
         try:
-            self.store.release(self.owner)
+            for owner in sorted(owners):
+                self.store.release(owner)
         except (sqlite3.Error, StoreError) as err:  # never mask the exception that got us here
             logger.warning("could not release this run's claims in %s (%s); they expire within "
                            "%.0f s", self.store.path, err, self.lease_s)
-        with self._lock:
-            self._held.clear()
 
     def claim(self, cell: Any) -> tuple[str, Claim | None]:
         """Claim ``cell`` (a RunConfig): ``("claimed", ours)``, ``("done", None)`` or
@@ -109,14 +124,36 @@ class Coordinator:
         outcome, claim = self.store.claim(want, self.seen, holder_alive)
         if outcome == "claimed":
             with self._lock:
-                self._held.add(cell.key)
+                self._held[cell.key] = self.owner
         return outcome, claim
 
+    def hand_over(self, cell: Any, label: str, detached: bool = False) -> str:
+        """Pass our claim on ``cell`` to the task about to run it; return the task's owner id.
+
+        Until the task starts, ``label`` names the holder (``status``). Attached, we keep
+        renewing the lease; detached, it lasts :data:`DETACH_HOLD_SECONDS` (the queue wait),
+        then the task renews its own.
+        """
+        token = f"task-{uuid.uuid4().hex}"
+        now = time.time()
+        hold = DETACH_HOLD_SECONDS if detached else self.lease_s
+        to = Claim(cell.key, token, label, 0, None, now, now + hold)
+        with self._lock:  # not renewed under the old owner meanwhile
+            if not self.store.hand_over(cell.key, self.owner, to):
+                raise RuntimeError(f"run {cell.key} was taken over before it was submitted")
+            if detached:
+                self._held.pop(cell.key, None)
+            else:
+                self._held[cell.key] = token
+        return token
+
     def finish(self, row: dict[str, Any]) -> None:
-        """Write ``row`` and release its lease in one transaction."""
-        kept = self.store.write(row, release=self.owner)
+        """Write ``row`` and release its lease (ours or its task's) in one transaction."""
         with self._lock:
-            self._held.discard(row["key"])
+            owner = self._held.get(row["key"], self.owner)
+        kept = self.store.write(row, release=owner)
+        with self._lock:
+            self._held.pop(row["key"], None)
         if not kept:
             logger.warning("run %s: this coordinator's lease had run out and another took the "
                            "run over; its row was written anyway (the later row wins)",
@@ -133,18 +170,20 @@ class Coordinator:
 
     def _renew(self, store: ResultStore) -> None:
         with self._lock:  # claimed before this point: committed before the renewal
-            before = set(self._held)
+            before = dict(self._held)
         if not before:
             return
         try:
-            kept = store.renew(self.owner, time.time() + self.lease_s)
+            kept = store.renew(set(before.values()), time.time() + self.lease_s)
         except (sqlite3.Error, StoreError) as err:
             logger.warning("could not renew leases in %s (%s); retrying in %.0f s", store.path,
                            err, self.renew_s)
             return
-        with self._lock:  # neither released meanwhile nor claimed since
-            lost = (before & self._held) - kept
-            self._held -= lost
+        with self._lock:  # neither released, claimed nor handed over since
+            lost = {k for k, owner in before.items() if k not in kept
+                    and self._held.get(k) == owner}
+            for key in lost:
+                del self._held[key]
         if lost:
             logger.warning("lost the lease on %d run(s) (%s): expired and taken over by another "
                            "coordinator?", len(lost), ", ".join(sorted(lost)))
@@ -167,13 +206,16 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
     """Per grid (model × data set × profile): runs done, running (lease holder host:pid),
     failed (first line of the error) and the training time spent (sum of ``train_seconds``
     over done and failed runs). Pending runs are not known without the grid; only rows of
-    the current key version are counted (older ones are never matched again). Read-only."""
+    the current key version are counted (older ones are never matched again). Read-only,
+    except that receipts of finished runs waiting beside the store are taken in first
+    (:func:`take_in_receipts`)."""
     import pandas as pd
     from tabulate import tabulate
 
     from bench.config import KEY_VERSION
 
     now = time.time() if now is None else now
+    taken = take_in_receipts(path)
     with ResultStore(path, readonly=True) as store:
         df = store.load()
         claims = store.claims()
@@ -207,7 +249,8 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
             g["stale"].append(f"{what} (lease expired or process gone: the next run takes it "
                               "over)")
     if not grids:
-        return f"{where}: no runs yet" + (f" ({n_old} of an older key version)" if n_old else "")
+        return (f"{where}: no runs yet" + (f" ({n_old} of an older key version)" if n_old
+                                           else "") + (f"\n{taken}" if taken else ""))
     table = [{"model": m, "dataset": d, "profile": p, "done": g["done"],
               "running": len(g["running"]), "failed": len(g["failed"]),
               "time spent": _duration(g["seconds"])} for (m, d, p), g in sorted(grids.items())]
@@ -220,4 +263,23 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
             lines += ["", f"{m} on {d}, profile {p}:", *details]
     if n_old:
         lines += ["", f"({n_old} row(s) of an older key version not counted)"]
+    if taken:
+        lines += ["", taken]
     return "\n".join(lines)
+
+
+def take_in_receipts(path: str | Path | None = None) -> str:
+    """Ingest the receipts of finished runs (e.g. of a detached job) waiting beside the store
+    at ``path``, so ``status`` counts them; a line saying what happened, "" when none wait.
+    Opens the store for writing only when receipts wait; a read-only store keeps them."""
+    with ResultStore(path, readonly=True) as store:
+        waiting = len(store.pending_receipts())
+        where = store.receipts_dir
+    if not waiting:
+        return ""
+    try:
+        with ResultStore(path) as store:
+            taken = store.ingest_receipts()
+    except StoreError as err:
+        return f"{waiting} receipt(s) in {where} not taken in ({err})"
+    return f"{taken} finished run(s) taken in from receipts in {where}"

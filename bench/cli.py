@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
+from bench.execution import add_arguments as add_executor_arguments
+from bench.execution import from_args
 from bench.profiles import PROFILES
 from bench.store import DEFAULT_STORE, ResultStore, StoreError, load_results
 
@@ -65,13 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     store = _Parser(add_help=False)
     store.add_argument("--store", type=Path, default=None,
                        help=f"results store (default: $FLEXMOE_BENCH_STORE or ./{DEFAULT_STORE})")
+    execution = _Parser(add_help=False)
+    add_executor_arguments(execution)
 
     parser = _Parser(
         prog="flexmoe-bench", description="Flex-MoE and multimodal baselines under missing "
         "modalities: train grids, store results, render tables.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[common, store], help="train a grid of runs",
+    run = sub.add_parser("run", parents=[common, store, execution],
+                         help="train a grid of runs",
                          description="Train models × combinations × seeds on one data set. "
                          "Finished runs in the store are skipped; each run is written when it "
                          "finishes.")
@@ -82,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="data set name or folder:PATH (default: synthetic-adni)")
     run.add_argument("--combos", default=None,
                      help="comma-separated modality combinations, e.g. IG,IGCB (default: the "
-                     "profile's: quick → first pair and full set, paper → every combination "
-                     "of two or more)")
+                     "profile's: quick → the full set, paper → every combination of two or "
+                     "more)")
     run.add_argument("--seeds", type=_seeds, default=None,
                      help="comma-separated seeds (default: quick 0, paper 0,1,2)")
     run.add_argument("--profile", choices=sorted(PROFILES), default="quick",
@@ -95,15 +100,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="data set option, e.g. scale=2 or missing=mcar (repeatable)")
     run.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    run.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     run.add_argument("--metric", default="test_acc", help="metric of the table printed at the end")
-    run.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print each run's configuration (one JSON line each) and the cost "
+                     "estimate of the runs not yet stored; train nothing")
 
     sub.add_parser("status", parents=[common, store], help="what the store holds, per grid",
                    description="Per grid (model × data set × profile): runs done, running "
                    "(with the coordinator holding each, host:pid), failed (with the first line "
                    "of the error) and training time spent. Pending runs are not shown: they "
-                   "depend on the grid asked for. Reads the store read-only.")
+                   "depend on the grid asked for. Reads the store read-only, except that "
+                   "receipts of finished runs waiting beside it (e.g. of a detached job) are "
+                   "taken in first.")
 
     lst = sub.add_parser("list", parents=[common], help="list registered models or data sets",
                          description="List registered models (with their default settings) or "
@@ -147,9 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--dataset", action="append", default=[], metavar="NAME",
                        help="data set for the tables of its family (repeatable; default: adni "
                        "/ mimic when configured, else synthetic-adni / synthetic-mimic)")
-    paper.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+    paper.add_argument("--profile", choices=sorted(PROFILES), default="smoke",
                        help="; ".join(f"{p.name}: {p.describe()}" for p in PROFILES.values())
-                       + " (default: quick)")
+                       + " (default: smoke, the whole report in minutes)")
     paper.add_argument("--seeds", type=_seeds, default=None, help="override the profile's seeds")
     paper.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
@@ -159,14 +167,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="output directory (default: 'reproduce' beside the store)")
     paper.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     reproduce = sub.add_parser(
-        "reproduce", parents=[common, store, paper], help="regenerate the paper's tables",
+        "reproduce", parents=[common, store, paper, execution],
+        help="regenerate the paper's tables",
         description="Run the grid behind each selected table or figure (resuming from the "
         "store), render the tables (Markdown, LaTeX, CSV) with the published numbers beside "
         "them, draw the figures (PNG, PDF) and write the HTML and Markdown report.")
     reproduce.add_argument("--table", required=True, metavar="N",
                            help="all, or comma-separated: 1, 2, 3, 4, 7, 8, 9, 10, fig4, fig5, "
                            "fig6, modalities, cost")
-    reproduce.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    reproduce.add_argument("--dry-run", action="store_true",
+                           help="print the cost estimate of the runs not yet stored; train "
+                           "and render nothing")
     report = sub.add_parser(
         "report", parents=[common, store, paper], help="write the HTML and Markdown report",
         description="Render the tables and figures from the store (training nothing; pass "
@@ -174,6 +185,21 @@ def _parser() -> argparse.ArgumentParser:
         "Markdown twin report.md.")
     report.add_argument("--table", default="all", metavar="N",
                         help="which tables and figures (default: all)")
+
+    check = sub.add_parser(
+        "check", parents=[common, store], help="regression check against results/reference/",
+        description="Train the ci grid (every model but the ablation variants on "
+        "synthetic-adni IG, IGCB and synthetic-mimic LNC, two seeds, the ci profile, one "
+        "thread per run) into a temporary store (or --store, whose finished runs are reused) "
+        "and compare every run with results/reference/: counts exactly, metrics exactly in "
+        "the reference's environment, else within the seeds' spread. Exit 1 on any failure.")
+    check.add_argument("--update", action="store_true",
+                       help="rewrite results/reference/ from this run (only lines that moved)")
+    check.add_argument("--format", choices=["text", "json"], default="text")
+    check.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    check.add_argument("--against-paper", action="store_true",
+                       help="instead: compare the store's runs on the real adni / mimic data "
+                       "with the paper's published numbers (results/paper/)")
     return parser
 
 
@@ -221,12 +247,37 @@ def _print_table(store_path: Path | None, metric: str, dataset: str | None = Non
             print(f"{' and '.join(shown)}: context on the same test samples (bench.context)")
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    """The checked executor options; a cluster's tasks resolve the device on their node, so
+    only its spelling is checked for them."""
+    from bench.runner import device_type, resolve_device
+
+    options = from_args(args)
+    device_type(args.device) if options.remote else resolve_device(args.device)
+    return options
+
+
+def _print_estimate(cells: list, args: argparse.Namespace, options: Any) -> None:
+    from bench.estimate import estimate, render
+
+    print(render(estimate(cells, args.store, args.device, options.run_threads())))
+
+
+def _detached(rows: Any, args: argparse.Namespace, command: str) -> None:
+    print(f"{rows.note} (detached; {len(rows.claimed)} run(s) held by another run).\n"
+          f"Collect: run_bench.py status{_store_flag(args)} takes in the runs finished so "
+          f"far; running `{command}` again takes them in and trains only what is left.")
+
+
+def _store_flag(args: argparse.Namespace) -> str:
+    return f" --store {args.store}" if args.store is not None else ""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import build_grid
-    from bench.runner import resolve_device, run_grid
+    from bench.runner import run_grid
 
-    _positive("--jobs", args.jobs)
-    resolve_device(args.device)
+    options = _executor(args)
     models = (registry.list_models(variants=False) if args.models == "all"
               else _csv(args.models))
     cells = build_grid(models, args.dataset,
@@ -237,6 +288,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for cell in cells:
             print(json.dumps(cell.record(), sort_keys=True))
+        print()
+        _print_estimate(cells, args, options)
         return 0
     with ResultStore(args.store) as store:
         logger.info("%d run(s): %s on %s, combinations %s, seeds %s, profile %s → %s",
@@ -244,15 +297,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                     ",".join(dict.fromkeys(c.combo for c in cells)),
                     ",".join(str(s) for s in dict.fromkeys(c.seed for c in cells)), args.profile,
                     store.path)
-        rows = run_grid(cells, store, args.device, args.jobs)
+        rows = run_grid(cells, store, args.device, executor=options)
         store_path = store.path
+    if options.detach:
+        _detached(rows, args, "run_bench.py run …")
+        return 0
     failed = sum(r["status"] != "ok" for r in rows)
     keys = {c.key for c in cells}
     claimed = len(rows.claimed)
     print(f"{len(rows)} run(s) written to {store_path}, {len(keys) - len(rows) - claimed} "
           f"already there, {claimed} claimed by another run, {failed} failed")
     stored = load_results(store_path)
-    stored = stored[stored["key"].isin(keys)]
+    order = {c.key: i for i, c in enumerate(cells)}  # the grid's order, however runs arrived
+    stored = stored[stored["key"].isin(keys)].sort_values("key", key=lambda k: k.map(order))
     if (stored["status"] == "ok").any():
         _print_table(store_path, args.metric, cells[0].dataset, args.profile, keys,
                      stored=stored)
@@ -339,16 +396,28 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace, train: bool) -> int:
     from bench.presets import select
-    from bench.reproduce import fallback_notes, reproduce
+    from bench.reproduce import fallback_notes, plan, reproduce, train_grid
     from bench.runner import resolve_device
     from bench.tables import to_markdown
 
-    _positive("--jobs", getattr(args, "jobs", 1))
-    resolve_device(args.device)
+    options = _executor(args) if train else None
+    if not train:
+        resolve_device(args.device)
+    artefacts = select(args.table)
+    overrides = _assignments(args.overrides, "--set")
+    data_options = _assignments(args.data_option, "--data-option")
+    if train and (args.dry_run or options.detach):
+        plans = plan(artefacts, args.profile, args.dataset, overrides, data_options, args.seeds)
+        if args.dry_run:
+            _print_estimate([c for p in plans for c in p.cells], args, options)
+            return 0
+        with ResultStore(args.store) as store:
+            rows = train_grid(plans, store, args.device, options)
+        _detached(rows, args, "run_bench.py reproduce …")
+        return 0
     sections, plans, out_dir = reproduce(
-        select(args.table), args.profile, args.store, args.out, args.dataset,
-        _assignments(args.overrides, "--set"), _assignments(args.data_option, "--data-option"),
-        args.seeds, args.device, getattr(args, "jobs", 1), train)
+        artefacts, args.profile, args.store, args.out, args.dataset, overrides, data_options,
+        args.seeds, args.device, options, train)
     for section in sections:
         if section.view is not None:
             print("\n" + to_markdown(section.view))
@@ -366,6 +435,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return _reproduce(args, train=True)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    if args.against_paper:
+        from bench.paper_check import against_paper, format_comparison
+
+        print(format_comparison(against_paper(load_results(args.store)), args.format))
+        return 0
+    from bench.check import run_check
+
+    _positive("--jobs", args.jobs)
+    text, passed = run_check(args.store, args.update, args.format, args.jobs)
+    print(text)
+    return 0 if passed else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     return _reproduce(args, train=False)
 
@@ -381,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in args.plugin:
             registry.load_plugin(module)
         commands = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "table": cmd_table,
-                    "perf": cmd_perf, "reproduce": cmd_reproduce, "report": cmd_report}
+                    "perf": cmd_perf, "reproduce": cmd_reproduce, "report": cmd_report,
+                    "check": cmd_check}
         return commands[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, ImportError, StoreError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import registry
 from bench.complexity import count_params  # also registers the grouped-matmul FLOP formula
-from bench.config import load_data
+from bench.config import RunConfig, load_data
 from bench.profiles import get_profile
 from bench.runner import resolve_device
 from bench.train import class_weight, make_adam, seed_everything, train_step
@@ -178,3 +178,22 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
         achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak,
         official_ms_per_step_median=official_median,
         speedup_vs_official=None if official_median is None else official_median / median)
+
+
+def probe_step_ms(cell: RunConfig, device: str = "auto", steps: int = 3,
+                  warmup: int = 2) -> float:
+    """Median milliseconds of ``steps`` training steps (batch fetch included) of ``cell``'s
+    model on its data and combination, after ``warmup`` untimed ones: the cost estimate's
+    measure when the store holds no timing of such a run (``run --dry-run``)."""
+    dev = resolve_device(device)
+    data = load_data(cell.dataset, cell.data_options, cell.split_seed).restrict(cell.combo)
+    data = data.to(dev)
+    train_hp, _ = registry.split_hparams(cell.hparams)
+    seed_everything(cell.seed)
+    model = registry.build_model(cell.model, data.spec, cell.hparams).to(dev)
+    generator = torch.Generator().manual_seed(cell.seed)
+    stream = _forever(lambda: data.batches("train", train_hp["batch_size"], "shuffle",
+                                           generator))
+    optimizer = make_adam(model, train_hp["lr"], train_hp.get("weight_decay", 0.0))
+    times = _time_steps(model, optimizer, stream, class_weight(data), dev, warmup + steps)
+    return statistics.median(times[warmup:]) * 1e3

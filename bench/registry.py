@@ -157,7 +157,7 @@ def resolve_hparams(name: str, spec: DataSpec, overrides: dict[str, Any] | None 
     hp = {k: d for k, (_, d) in settings.items() if d is not inspect.Parameter.empty}
     hp.update(cls.default_hparams(spec))
     if profile is not None:
-        hp.update(get_profile(profile).train_settings())
+        hp.update(get_profile(profile).train_settings(getattr(cls, "variant_of", None) or name))
     for key, value in (overrides or {}).items():
         if key not in settings:
             raise KeyError(f"model {name!r} has no hyper-parameter {key!r}; it accepts: "

@@ -21,9 +21,10 @@ import torch
 from bench import plots, presets, registry, views
 from bench.config import RunConfig, load_data
 from bench.data.core import RunData
+from bench.execution import Options
 from bench.presets import ArtefactCells
 from bench.report import write_report
-from bench.runner import resolve_device, run_grid
+from bench.runner import GridRows, resolve_device, run_grid
 from bench.store import ResultStore, default_store_path, load_results
 from bench.tables import TableView, to_csv, to_latex, to_markdown
 from bench.train import fit, seed_everything
@@ -63,12 +64,15 @@ def plan(artefacts: list[presets.Artefact], profile: str, datasets: list[str] | 
 
 
 def train_grid(plans: list[ArtefactCells], store: ResultStore, device: str = "auto",
-               jobs: int = 1) -> list[dict[str, Any]]:
-    """Run every cell of the tables and sweeps that the store does not hold yet."""
+               executor: Options | None = None) -> GridRows:
+    """Run every cell of the tables and sweeps that the store does not hold yet (on a
+    cluster's executor the tasks resolve ``device`` on their nodes)."""
     cells = [c for p in plans if p.artefact.kind not in ANALYSIS_KINDS for c in p.cells]
     logger.info("%d distinct run(s) behind %s", len({c.key for c in cells}),
                 ", ".join(p.artefact.id for p in plans))
-    rows = run_grid(cells, store, str(resolve_device(device)), jobs)
+    remote = executor is not None and executor.remote
+    rows = run_grid(cells, store, device if remote else str(resolve_device(device)),
+                    executor=executor)
     failed = sum(r["status"] != "ok" for r in rows)
     logger.info("%d run(s) trained, %d of them failed (footnoted in the tables)", len(rows),
                 failed)
@@ -188,15 +192,17 @@ def fallback_notes(plans: list[ArtefactCells]) -> list[str]:
 def reproduce(artefacts: list[presets.Artefact], profile: str, store_path: Path | None,
               out_dir: Path | None, datasets: list[str] | None = None,
               overrides: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
-              seeds: list[int] | None = None, device: str = "auto", jobs: int = 1,
+              seeds: list[int] | None = None, device: str = "auto",
+              executor: Options | None = None,
               train: bool = True) -> tuple[list[Section], list[ArtefactCells], Path]:
-    """Plan, train what is missing (``train``), render, and write the report; returns the
-    sections, the plans and the output directory."""
+    """Plan, train what is missing (``train``, on ``executor``: default in this process),
+    render, and write the report; returns the sections, the plans and the output
+    directory."""
     plans = plan(artefacts, profile, datasets, overrides, options, seeds)
     path = Path(store_path) if store_path is not None else default_store_path()
     if train:
         with ResultStore(path) as store:
-            train_grid(plans, store, device, jobs)
+            train_grid(plans, store, device, executor)
     out_dir = out_dir or path.parent / "reproduce"
     sections = render(plans, load_results(path), profile, out_dir, device, train)
     write_report(sections, out_dir, f"flexmoe-bench: paper tables and figures ({profile})",

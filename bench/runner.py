@@ -8,42 +8,31 @@ library versions and code version are recorded with each row but not hashed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
 import logging
-import os
 import platform
-import signal
 import subprocess
-import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from functools import lru_cache
-from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 import bench
-from bench import registry
+from bench import executors, registry
 from bench.claims import Coordinator
 from bench.complexity import count_params, forward_flops, fvcore_macs
 from bench.config import KEY_VERSION, RunConfig, load_data
 from bench.data.core import RunData
+from bench.execution import Options
 from bench.resources import checkout_root
-from bench.store import Claim, ResultStore, write_receipt
+from bench.store import Claim, ResultStore
 from bench.train import fit, seed_everything
 
 logger = logging.getLogger(__name__)
-
-#: How often a pool worker checks that its coordinator is still its parent.
-PARENT_POLL_SECONDS = 1.0
-_PR_SET_PDEATHSIG = 1
 
 
 @lru_cache(maxsize=1)
@@ -61,17 +50,25 @@ def code_version() -> str:
         return bench.__version__
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything
-    else, or CUDA on a machine without it, is an error that says what is accepted."""
+def device_type(device: str) -> str:
+    """The kind a device name asks for (``auto`` → what this machine has), checking only the
+    spelling: a task on a cluster node resolves the name there (:func:`resolve_device`)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev.type
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything
+    else, or CUDA on a machine without it, is an error that says what is accepted."""
+    kind = device_type(device)
+    dev = torch.device(kind if device == "auto" else device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -88,14 +85,11 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu",
         registry.load_plugin(module)
     dev = resolve_device(str(device))
     row: dict[str, Any] = {
-        "key": cell.key, "key_version": KEY_VERSION, "config": cell.record(),
-        "model": cell.model, "dataset": cell.dataset, "combo": cell.combo,
-        "seed": cell.seed, "profile": cell.profile, "split_seed": cell.split_seed,
-        "hparams": cell.hparams, "data_options": cell.data_options, "device": dev.type,
+        **_cell_columns(cell), "device": dev.type,
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                         else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(), "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "code_version": code_version(),
+        "python_version": platform.python_version(),
     }
     t0 = time.perf_counter()
     try:
@@ -135,8 +129,28 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu",
         row.update(status="failed", error="".join(
             traceback.format_exception_only(type(exc), exc)).strip())
     row["train_seconds"] = time.perf_counter() - t0
-    row["created_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    row["created_at"] = _now()
     return row
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _cell_columns(cell: RunConfig) -> dict[str, Any]:
+    return {"key": cell.key, "key_version": KEY_VERSION, "config": cell.record(),
+            "model": cell.model, "dataset": cell.dataset, "combo": cell.combo,
+            "seed": cell.seed, "profile": cell.profile, "split_seed": cell.split_seed,
+            "hparams": cell.hparams, "data_options": cell.data_options,
+            "code_version": code_version()}
+
+
+def failure_row(cell: RunConfig, error: str) -> dict[str, Any]:
+    """The row of a run whose task died without one (killed, out of time, lost node), so the
+    grid records the failure and the next run retries it."""
+    logger.error("run %s (%s %s %s seed %d) failed: %s", cell.key, cell.model, cell.dataset,
+                 cell.combo, cell.seed, error)
+    return {**_cell_columns(cell), "status": "failed", "error": error, "created_at": _now()}
 
 
 def excluded_note(data: RunData) -> dict[str, str]:
@@ -148,59 +162,128 @@ def excluded_note(data: RunData) -> dict[str, str]:
                        f"{data.spec.letters} and are not scored"}
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker when its coordinator dies (``kill -9`` included),
-    so no orphan goes on training. Linux: the kernel sends SIGKILL (``PR_SET_PDEATHSIG``);
-    every POSIX system: a daemon thread polls ``os.getppid()`` (it changes when the parent
-    dies) every :data:`PARENT_POLL_SECONDS`. What a worker finished is in its receipt."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    if os.name != "posix":
-        return
-    if os.getppid() != parent:  # died before we were watching
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _worker(cell: RunConfig, device: str, receipts: str, threads: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
-    row = execute(cell, device)
-    write_receipt(Path(receipts), row)
-    return row
-
-
 class GridRows(list):
     """The rows one :func:`run_grid` call wrote (a list), plus ``claimed``: key → the claim
-    of another coordinator that held each run this call left to it."""
+    of another coordinator that held each run this call left to it, and ``submitted``: the
+    runs handed to a detached job (``--detach``) with ``note``, how to collect them."""
 
     claimed: dict[str, Claim]
 
     def __init__(self) -> None:
         super().__init__()
         self.claimed = {}
+        self.submitted = 0
+        self.note = ""
+
+
+class _Grid:
+    """One :func:`run_grid` call: claims each run, feeds the executor as it has room,
+    writes each row it gets back and keeps the progress bar (in epochs)."""
+
+    def __init__(self, todo: list[RunConfig], store: ResultStore, coordinator: Coordinator,
+                 progress: bool, on_row: Callable[[dict[str, Any]], None] | None) -> None:
+        self.todo, self.store, self.coordinator, self.on_row = todo, store, coordinator, on_row
+        self.rows = GridRows()
+        # progress in epochs, so the ETA weighs a 50-epoch run as 50 of a 1-epoch one
+        self.epochs = {c.key: int(c.hparams.get("epochs", 1)) for c in todo}
+        self.bar = tqdm(total=sum(self.epochs.values()), desc=f"{len(todo)} run(s)",
+                        unit="epoch", disable=not progress)
+        self.counted: dict[str, int] = {}
+        self.told: set[str] = set()  # runs counted out of the bar: another coordinator's
+        self.started = 0
+
+    def tick_total(self, key: str, sign: int) -> None:  # runs left to others are not our work
+        self.bar.total += sign * self.epochs[key]
+        self.bar.refresh()
+
+    def epoch_done(self, key: str) -> None:
+        self.counted[key] = self.counted.get(key, 0) + 1
+        self.bar.update()
+
+    def claimed(self, pending: list[RunConfig],
+                held: dict[str, tuple[RunConfig, Claim]]) -> Iterator[RunConfig]:
+        """The cells of ``pending`` this coordinator wins, claimed one at a time."""
+        for cell in pending:
+            outcome, other = self.coordinator.claim(cell)
+            if outcome == "claimed":
+                if cell.key in self.told:
+                    self.tick_total(cell.key, +1)
+                yield cell
+            elif outcome == "held" and other is not None:
+                held[cell.key] = (cell, other)
+                if cell.key not in self.told:
+                    self.told.add(cell.key)
+                    self.tick_total(cell.key, -1)
+                    logger.info("skipping %s %s seed %d (%s): claimed by another run on %s",
+                                cell.model, cell.combo, cell.seed, cell.key, other.holder)
+            elif cell.key not in self.told:  # done by another coordinator meanwhile
+                self.tick_total(cell.key, -1)
+
+    def finish(self, cell: RunConfig, row: dict[str, Any] | None) -> None:
+        if row is None:  # its task found the run done or taken over when it started
+            logger.info("run %s (%s %s seed %d) was not trained by its task: another run had "
+                        "it", cell.key, cell.model, cell.combo, cell.seed)
+            self.tick_total(cell.key, -1)
+            return
+        self.coordinator.finish(row)
+        self.rows.append(row)
+        (self.store.receipts_dir / f"{row['key']}.json").unlink(missing_ok=True)
+        # the rest of a failed run
+        self.bar.update(self.epochs[row["key"]] - self.counted.get(row["key"], 0))
+        self.bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed {row['seed']} "
+                                 f"{row['status']}")
+        if self.on_row:
+            self.on_row(row)
+
+    def run_pass(self, source: Iterator[RunConfig], executor: executors.Executor) -> None:
+        """Submit the claimed cells of ``source`` while the executor has room; write what
+        comes back (detached: submit them all and return)."""
+        while True:
+            batch = []
+            while executor.room() > len(batch):  # claim a run only when it can start
+                cell = next(source, None)
+                if cell is None:
+                    break
+                self.started += 1
+                self.bar.set_postfix_str(f"run {self.started}/{len(self.todo)}: {cell.model} "
+                                         f"{cell.combo} seed {cell.seed}")
+                token = (self.coordinator.hand_over(cell, executor.label, executor.detached)
+                         if executor.remote else None)
+                batch.append((cell, token))
+            if batch:
+                try:
+                    executor.submit(batch)
+                except BaseException:  # e.g. sbatch refused it: free what was handed over
+                    for _, token in batch:
+                        if token is not None:
+                            self.store.release(token)
+                    raise
+            if executor.detached:
+                self.rows.submitted += len(batch)
+                return
+            if not executor.in_flight():
+                return
+            for cell, row in executor.wait():
+                self.finish(cell, row)
 
 
 def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu", jobs: int = 1,
-             progress: bool = True,
-             on_row: Callable[[dict[str, Any]], None] | None = None) -> GridRows:
+             progress: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None,
+             executor: Options | None = None) -> GridRows:
     """Run every cell the store does not hold yet; write each row as it finishes.
 
-    Each run is claimed in the store just before it starts (with ``jobs > 1``: just before
-    it is handed to a free worker, so at most ``jobs`` claims are held and coordinators
-    sharing the store split a grid run by run). A run another coordinator holds is skipped
-    and logged, then tried again after this call's other runs, pass after pass while a pass
-    frees any (its holder died, or finished or failed it); what stays held is in the
-    result's ``claimed``.
-    ``jobs > 1`` uses a local process pool whose workers exit when this process dies and
-    leave a JSON receipt, so rows survive the coordinator. Returns the rows written.
+    ``executor`` says where cells run (:mod:`bench.executors`; default: in this process, or
+    a pool of ``jobs`` worker processes). Each run is claimed in the store just before it
+    is submitted, when the executor has room for it (in-process: one at a time; a pool:
+    ``jobs``; SLURM and Ray: all, their scheduler queues them), so coordinators sharing the
+    store split a grid run by run. A run another coordinator holds is skipped and logged,
+    then tried again after this call's other runs, pass after pass while a pass frees any
+    (its holder died, or finished or failed it); what stays held is in the result's
+    ``claimed``. Workers leave a JSON receipt beside the store, so rows survive the
+    coordinator. Detached (SLURM, Ray), the runs are submitted and the call returns; a
+    later call (or ``status``) takes in their receipts. Returns the rows written.
     """
+    options = executor or Options(kind="process" if jobs > 1 else "local", jobs=jobs)
     recovered = store.ingest_receipts()
     if recovered:
         logger.info("recovered %d finished run(s) from receipts", recovered)
@@ -210,103 +293,27 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
     if len(unique) > len(todo):
         logger.info("%d of %d run(s) already in %s", len(unique) - len(todo), len(unique),
                     store.path)
-    rows = GridRows()
-    # progress in epochs, so the ETA weighs a 50-epoch run as 50 of a 1-epoch one
-    epochs = {c.key: int(c.hparams.get("epochs", 1)) for c in todo}
-    bar = tqdm(total=sum(epochs.values()), desc=f"{len(todo)} run(s)", unit="epoch",
-               disable=not progress or not todo)
-    counted: dict[str, int] = {}
-    started = 0
-
-    def tick_total(key: str, sign: int) -> None:  # runs left to others are not our work
-        bar.total += sign * epochs[key]
-        bar.refresh()
-
-    def claimed_cells(pending: list[RunConfig], held: dict[str, tuple[RunConfig, Claim]],
-                      told: set[str]) -> Iterator[RunConfig]:
-        """The cells of ``pending`` this coordinator wins, claimed one at a time."""
-        for cell in pending:
-            outcome, other = coordinator.claim(cell)
-            if outcome == "claimed":
-                if cell.key in told:
-                    tick_total(cell.key, +1)
-                yield cell
-            elif outcome == "held" and other is not None:
-                held[cell.key] = (cell, other)
-                if cell.key not in told:
-                    told.add(cell.key)
-                    tick_total(cell.key, -1)
-                    logger.info("skipping %s %s seed %d (%s): claimed by another run on %s",
-                                cell.model, cell.combo, cell.seed, cell.key, other.holder)
-            elif cell.key not in told:  # done by another coordinator meanwhile
-                tick_total(cell.key, -1)
-
-    def finish(row: dict[str, Any]) -> None:
-        coordinator.finish(row)
-        rows.append(row)
-        bar.update(epochs[row["key"]] - counted.get(row["key"], 0))  # the rest of a failed run
-        if on_row:
-            on_row(row)
-
-    def epoch_done(key: str) -> Callable[[int], None]:
-        def tick(_: int) -> None:
-            counted[key] = counted.get(key, 0) + 1
-            bar.update()
-        return tick
-
-    def run_serial(source: Iterator[RunConfig]) -> None:
-        nonlocal started
-        for cell in source:
-            started += 1
-            bar.set_postfix_str(f"run {started}/{len(todo)}: {cell.model} {cell.combo} "
-                                f"seed {cell.seed}")
-            finish(execute(cell, device, epoch_done(cell.key)))
-
-    def run_pool(source: Iterator[RunConfig], pool: ProcessPoolExecutor) -> None:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        running: dict[Future, RunConfig] = {}
-        try:
-            while True:
-                while len(running) < jobs:  # claim a run only when a worker is free for it
-                    cell = next(source, None)
-                    if cell is None:
-                        break
-                    running[pool.submit(_worker, cell, device, str(store.receipts_dir),
-                                        threads)] = cell
-                if not running:
-                    return
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    running.pop(fut)
-                    row = fut.result()
-                    bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed "
-                                        f"{row['seed']} {row['status']}")
-                    finish(row)
-                    (store.receipts_dir / f"{row['key']}.json").unlink(missing_ok=True)
-        finally:
-            for fut in running:
-                fut.cancel()
-
+    if not todo:
+        return GridRows()
     with contextlib.ExitStack() as stack:
-        stack.callback(bar.close)
         coordinator = stack.enter_context(Coordinator(store))
-        pool = None
-        if jobs > 1 and todo:
-            pool = stack.enter_context(ProcessPoolExecutor(
-                jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
-                initargs=(os.getpid(),)))
-        pending, told = todo, set[str]()
+        # the executor first: one that cannot start (no sbatch, no Ray) fails before the bar
+        pool = stack.enter_context(executors.make_executor(
+            options, store, device, lambda key: grid.epoch_done(key)))
+        grid = _Grid(todo, store, coordinator, progress, on_row)
+        stack.callback(grid.bar.close)
+        pending = todo
         held: dict[str, tuple[RunConfig, Claim]] = {}
         while pending:
             held = {}
-            source = claimed_cells(pending, held, told)
-            run_pool(source, pool) if pool is not None else run_serial(source)
-            if len(held) == len(pending):  # nothing freed up: leave them to their holders
+            grid.run_pass(grid.claimed(pending, held), pool)
+            if pool.detached or len(held) == len(pending):  # leave them to their holders
                 break
             pending = [cell for cell, _ in held.values()]
-        rows.claimed = {key: claim for key, (_, claim) in held.items()}
-    if rows.claimed:
+        grid.rows.claimed = {key: claim for key, (_, claim) in held.items()}
+        grid.rows.note = pool.note
+    if grid.rows.claimed:
         logger.info("%d run(s) left to the other coordinator(s) holding them (%s); a later run "
-                    "trains any they leave unfinished", len(rows.claimed),
-                    ", ".join(sorted({c.holder for c in rows.claimed.values()})))
-    return rows
+                    "trains any they leave unfinished", len(grid.rows.claimed),
+                    ", ".join(sorted({c.holder for c in grid.rows.claimed.values()})))
+    return grid.rows

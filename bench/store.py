@@ -4,9 +4,10 @@ Guarantees:
 
 * Durable rows: only the coordinating process writes, one ``BEGIN IMMEDIATE`` transaction
   per row, with SQLite's default rollback journal (WAL breaks on network file systems).
-  Pool workers also leave an atomic JSON receipt in ``<store>.receipts/``, ingested by the
-  next run, so a dead coordinator loses nothing; a receipt that cannot become a row is
-  logged and kept as ``*.rejected``, never blocking the others.
+  Workers (a process pool's, a SLURM array's, Ray's) also leave an atomic JSON receipt in
+  ``<store>.receipts/``, ingested by their coordinator as they arrive or by the next run or
+  ``status``, so a dead or detached coordinator loses nothing; a receipt that cannot become
+  a row is logged and kept as ``*.rejected``, never blocking the others.
 * Concurrent opening: the schema is created, or an older one extended (columns added, never
   dropped), in one ``BEGIN IMMEDIATE`` transaction that re-reads what is there, so any
   number of processes may open the same new or old store at once.
@@ -35,6 +36,12 @@ Claims (several coordinators on one store, e.g. one per node on a shared file sy
   when it exits, normally or by an exception. A coordinator stalled longer than its lease
   may be overtaken: the cell then runs twice and the later row replaces the earlier, as
   without claims. Coordinators of versions without claims ignore them.
+* A run whose receipt has arrived but is not ingested yet counts as done: a claim finds
+  the receipt (in its transaction, after seeing no live lease: a worker writes its
+  receipt before its lease is released) and ingests it instead of claiming.
+* A coordinator may hand a claim over to the task it submits (bench.executors: SLURM, Ray):
+  the task then claims the run under that owner when it starts, renews the lease while it
+  trains and skips the run if it finds it done or held by another owner.
 * The ``claims`` table is created (or added to an older store) in the schema transaction;
   read-only opening never needs it (:meth:`ResultStore.claims` reads none then).
 """
@@ -48,7 +55,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +124,8 @@ class Claim:
 
     @property
     def holder(self) -> str:
-        return f"{self.host}:{self.pid}"
+        """``host:pid``; a claim handed to a task not yet started has no pid: its label."""
+        return f"{self.host}:{self.pid}" if self.pid else self.host
 
 
 def default_store_path() -> Path:
@@ -320,9 +328,10 @@ class ResultStore:
         Returns ``("claimed", want)``; ``("done", None)`` when the run has an ``ok`` row, or
         (given ``seen``, :meth:`unfinished` as the claimant first saw it) a failed row that
         is not in ``seen``: another coordinator ran it meanwhile, so it is not retried
-        before the next run; or ``("held", claim)`` when another owner's lease has not
-        expired and ``alive(claim)`` (default: always) says its holder still runs. An expired
-        or dead lease is replaced (and logged).
+        before the next run, or a receipt not yet ingested (it is ingested now); or
+        ``("held", claim)`` when another owner's lease has not expired and ``alive(claim)``
+        (default: always) says its holder still runs. An expired or dead lease is replaced
+        (and logged).
         """
         self._writable()
         with self._transaction():
@@ -339,18 +348,37 @@ class ResultStore:
                 logger.info("taking over run %s from %s (%s)", want.key, other.holder,
                             "lease expired" if other.expires <= time.time()
                             else "its process is gone")
-            values = [getattr(want, c) for c in CLAIM_COLUMNS]
-            self._conn.execute(f"INSERT OR REPLACE INTO claims ({', '.join(CLAIM_COLUMNS)}) "
-                               f"VALUES ({', '.join('?' for _ in values)})", values)
+            arrived = self._receipt(want.key).is_file()
+            if not arrived:
+                values = [getattr(want, c) for c in CLAIM_COLUMNS]
+                self._conn.execute(f"INSERT OR REPLACE INTO claims ({', '.join(CLAIM_COLUMNS)}) "
+                                   f"VALUES ({', '.join('?' for _ in values)})", values)
+        if arrived:  # finished by a worker, not ingested yet: take its row, claim nothing
+            self.ingest_receipts([want.key])
+            return "done", None
         return "claimed", want
 
-    def renew(self, owner: str, expires: float) -> set[str]:
-        """Move every lease of ``owner`` to ``expires``; return the keys it still holds."""
+    def renew(self, owner: str | Iterable[str], expires: float) -> set[str]:
+        """Move every lease of ``owner`` (one id or several) to ``expires``; return the keys
+        they still hold."""
+        self._writable()
+        owners = [owner] if isinstance(owner, str) else list(owner)
+        marks = ", ".join("?" for _ in owners)
+        with self._transaction():
+            self._conn.execute(f"UPDATE claims SET expires = ? WHERE owner IN ({marks})",
+                               [expires, *owners])
+            return {r[0] for r in self._conn.execute(
+                f"SELECT key FROM claims WHERE owner IN ({marks})", owners)}
+
+    def hand_over(self, key: str, owner: str, to: Claim) -> bool:
+        """Pass ``owner``'s claim on ``key`` to ``to`` (its owner, holder and expiry) in one
+        transaction; False when ``owner`` no longer held it."""
         self._writable()
         with self._transaction():
-            self._conn.execute("UPDATE claims SET expires = ? WHERE owner = ?", (expires, owner))
-            return {r[0] for r in self._conn.execute("SELECT key FROM claims WHERE owner = ?",
-                                                     (owner,))}
+            return self._conn.execute(
+                "UPDATE claims SET owner = ?, host = ?, pid = ?, machine = ?, expires = ? "
+                "WHERE key = ? AND owner = ?",
+                (to.owner, to.host, to.pid, to.machine, to.expires, key, owner)).rowcount > 0
 
     def release(self, owner: str, key: str | None = None) -> int:
         """Drop ``owner``'s claim on ``key`` (every claim of ``owner`` without one)."""
@@ -375,8 +403,17 @@ class ResultStore:
         """Atomically leave ``row`` as JSON beside the store (a worker's safety copy)."""
         return write_receipt(self.receipts_dir, row)
 
-    def ingest_receipts(self) -> int:
-        """Move leftover worker receipts into the store; return how many.
+    def _receipt(self, key: str) -> Path:
+        return self.receipts_dir / f"{key}.json"
+
+    def pending_receipts(self) -> list[Path]:
+        """Receipts waiting to be ingested (workers' ``.tmp-*`` files in progress aside)."""
+        if not self.receipts_dir.is_dir():
+            return []
+        return sorted(p for p in self.receipts_dir.glob("*.json") if not p.name.startswith("."))
+
+    def ingest_receipts(self, keys: Iterable[str] | None = None) -> int:
+        """Move worker receipts (all, or those of ``keys``) into the store; return how many.
 
         A receipt that cannot become a row (not JSON, not an object, no "key", an unknown
         column or value) is logged and renamed ``<name>.rejected`` in the same folder: kept
@@ -384,12 +421,10 @@ class ResultStore:
         rest. An unreadable one is logged and left in place; workers' ``.tmp-*`` files in
         progress are not touched.
         """
-        if not self.receipts_dir.is_dir():
-            return 0
+        paths = self.pending_receipts() if keys is None else \
+            [p for p in map(self._receipt, keys) if p.is_file()]
         n = 0
-        for path in sorted(self.receipts_dir.glob("*.json")):
-            if path.name.startswith("."):
-                continue
+        for path in paths:
             try:
                 row = json.loads(path.read_text())
                 if not isinstance(row, dict) or not isinstance(row.get("key"), str) \

@@ -17,7 +17,7 @@ from bench.config import build_grid, load_data, resolve_data
 from bench.data.core import DataSpec
 from bench.hparams import SettingError
 from bench.model import BenchModel
-from bench.profiles import PROFILES, get_profile
+from bench.profiles import PROFILES, Profile, get_profile
 from bench.runner import execute
 from bench.store import load_results
 from bench.tables import select_runs
@@ -136,18 +136,33 @@ def test_data_changed_after_the_grid_was_resolved_fails_that_run(tmp_path):
 
 def test_profiles_own_their_rules():
     quick, paper = get_profile("quick"), get_profile("paper")
-    assert quick.default_combos("IGCB") == ["IG", "IGCB"]
+    assert quick.default_combos("IGCB") == ["IGCB"]
     assert paper.default_combos("IGCB")[:2] == ["IG", "IC"] and len(paper.default_combos(
         "IGCB")) == 11
-    assert quick.options_for("synthetic-adni", {"seed": 1}) == {"scale": 0.1, "seed": 1}
-    assert quick.options_for("synthetic-adni", {"scale": 1}) == {"scale": 1}
+    assert quick.options_for("synthetic-adni", {"seed": 1}) == {"seed": 1}
     assert paper.options_for("synthetic-adni") == {}
-    assert quick.train_settings() == {"epochs": 3} and paper.train_settings() == {}
+    assert quick.train_settings() == {"epochs": 10} and paper.train_settings() == {}
+    # a costly model gets its own schedule on top of the shared one
+    assert quick.train_settings("fusemoe") == {"epochs": 3}
+    assert quick.train_settings("mult") == {"epochs": 6, "batch_size": 32, "lr": 1e-3}
     for profile in PROFILES.values():  # the description is generated from the rules
         text = profile.describe()
         assert ", ".join(map(str, profile.seeds)) in text
         epochs = profile.train.get("epochs")
         assert (f"{epochs} epochs" in text) == (epochs is not None)
+        for model, train in profile.model_train.items():
+            assert f"{model}: " in text and all(f"{v:g}" in text for v in train.values())
+    with pytest.raises(ValueError, match="combination rule 'some'"):
+        Profile("odd", "a test", {}, (0,), "some")
+
+
+def test_a_profile_schedule_of_a_model_reaches_its_ablations():
+    spec = spec_of({"A": 10, "B": 10})
+    base = registry.resolve_hparams("flexmoe", spec, profile="quick")
+    variant = registry.resolve_hparams("flexmoe-no-bank", spec, profile="quick")
+    assert base["epochs"] == variant["epochs"] == 10 and base["lr"] == variant["lr"] == 3e-4
+    assert registry.resolve_hparams("mult", spec, profile="quick")["lr"] == 1e-3
+    assert registry.resolve_hparams("mult", spec, {"lr": 0.01}, "quick")["lr"] == 0.01
 
 
 @pytest.mark.parametrize("setting, expected", [
@@ -204,8 +219,9 @@ def test_reproduce_with_an_empty_table_list_is_refused(tmp_path, capsys):
 
 def test_dry_run_prints_the_whole_configuration(capsys):
     assert main(["run", "--models", "tf", "--combos", "IG", "--dry-run"]) == 0
-    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert record["hparams"]["missing_fill"] == "zero_embed" and record["hparams"]["epochs"] == 3
+    out = capsys.readouterr().out  # configurations (JSON lines), then the cost estimate
+    (record,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert record["hparams"]["missing_fill"] == "zero_embed" and record["hparams"]["epochs"] == 10
     assert record["data_digest"] and record["split_digest"] and record["v"] == config.KEY_VERSION
     assert record["key"] == build_grid(["tf"], "synthetic-adni", ["IG"], [0])[0].key
 

@@ -82,8 +82,8 @@ def test_unregistered_models_are_named_and_tables_share_runs(monkeypatch):
     known = ["flexmoe", "tf"]
     monkeypatch.setattr(presets.registry, "list_models", lambda: known)
     choice = DatasetChoice("synthetic-adni", False, "stand-in")
-    t1 = presets.artefact_cells(ARTEFACTS["table1"], choice, "quick")
-    t4 = presets.artefact_cells(ARTEFACTS["table4"], choice, "quick")
+    t1 = presets.artefact_cells(ARTEFACTS["table1"], choice, "smoke")
+    t4 = presets.artefact_cells(ARTEFACTS["table4"], choice, "smoke")
     assert set(t1.unregistered) == set(ARTEFACTS["table1"].models()) - set(known)
     assert {c.model for c in t1.cells} == set(known)
     assert len(t1.cells) == 2 * 11 and all(c.seed == 0 for c in t1.cells)

@@ -48,7 +48,7 @@ def test_hyper_parameters_resolve_defaults_profile_overrides():
     paper = registry.resolve_hparams("tf", spec, profile="paper")
     quick = registry.resolve_hparams("tf", spec, profile="quick")
     assert paper["epochs"] == 50 and paper["lr"] == 1e-4 and paper["batch_size"] == 8
-    assert quick["epochs"] == 3
+    assert quick["epochs"] == 10 and quick["lr"] == 1e-4  # the shared schedule, own lr
     assert registry.resolve_hparams("tf", spec, {"lr": 0.01}, "paper")["lr"] == 0.01
     with pytest.raises(KeyError, match="accepts"):
         registry.resolve_hparams("tf", spec, {"learning_rate": 0.01})

@@ -1,0 +1,249 @@
+"""Where a grid's runs train: one small interface, four executors.
+
+An :class:`Executor` takes claimed cells (``submit``) and hands back each finished run's
+row (``wait``); :func:`bench.runner.run_grid` claims, writes rows and keeps progress.
+
+* ``local``: in this process, one run at a time (the default).
+* ``process``: a pool of ``--jobs N`` spawned worker processes on this machine; they exit
+  when the coordinator dies, even by ``kill -9``.
+* ``slurm`` (:mod:`bench.cluster`): one SLURM job array through submitit, one task per
+  cell (``--slurm-*`` options; job logs in ``<store>.slurm/``). ``--slurm-cluster local``
+  runs the same array as local processes (submitit's local executor), to try a set-up
+  without a cluster.
+* ``ray`` (:mod:`bench.cluster`): one Ray task per cell with its CPUs and GPUs;
+  ``--ray-address`` joins a running cluster, otherwise a local instance starts and stops
+  with the coordinator.
+
+The settings are checked in :mod:`bench.execution`.
+
+Every worker leaves the run's row as an atomic JSON receipt in the store's receipts folder
+(on a cluster the store must sit on a file system the nodes share). SLURM and Ray tasks are
+handed their run's claim (:meth:`bench.claims.Coordinator.hand_over`): a task claims the run
+when it starts, renews its lease while it trains and skips a run it finds done or held by
+another, so no run trains twice whatever the coordinator does. ``--detach`` (SLURM, Ray)
+submits and returns; a later ``run`` or ``status`` takes in the receipts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench import runner
+from bench.claims import Coordinator
+from bench.config import RunConfig
+from bench.execution import Options
+from bench.store import ResultStore, write_receipt
+
+logger = logging.getLogger(__name__)
+
+#: How often a pool worker checks that its coordinator is still its parent.
+PARENT_POLL_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1
+#: Cells to start, each with the claim token it was handed (None: the coordinator's claim).
+Batch = list[tuple[RunConfig, str | None]]
+#: Finished cells, each with its row (None: its task found the run done or held by another).
+Finished = list[tuple[RunConfig, dict[str, Any] | None]]
+
+
+# -- the worker side ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    """What a worker needs for one run; ``token`` (SLURM, Ray): the claim it was handed."""
+
+    cell: RunConfig
+    device: str
+    threads: int
+    receipts: str
+    store: str | None = None
+    token: str | None = None
+
+
+def run_task(task: Task) -> dict[str, Any] | None:
+    """Train one run in a worker and leave its receipt; with a ``token``, first claim the run
+    under it (renewed while training); None when the run was done or held by another."""
+    torch.set_num_threads(task.threads)
+    if task.token is None:
+        row = runner.execute(task.cell, task.device)
+        write_receipt(Path(task.receipts), row)
+        return row
+    with ResultStore(task.store) as store, \
+            Coordinator(store, owner=task.token, release=False) as hold:
+        outcome, other = hold.claim(task.cell)
+        if outcome != "claimed":
+            logger.warning("run %s not trained: %s", task.cell.key, "already done" if
+                           other is None else f"taken over by {other.holder}")
+            return None
+        row = runner.execute(task.cell, task.device)
+        write_receipt(Path(task.receipts), row)
+    return row
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker when its coordinator dies (``kill -9`` included),
+    so no orphan goes on training. Linux: the kernel sends SIGKILL (``PR_SET_PDEATHSIG``);
+    every POSIX system: a daemon thread polls ``os.getppid()`` (it changes when the parent
+    dies) every :data:`PARENT_POLL_SECONDS`. What a worker finished is in its receipt."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.name != "posix":
+        return
+    if os.getppid() != parent:  # died before we were watching
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+# -- the executors -----------------------------------------------------------------------------
+
+class Executor(ABC):
+    """Submit claimed cells, get back finished rows. A context manager: leaving it cancels
+    what is still in flight unless the executor is detached."""
+
+    name: ClassVar[str]
+    #: Cells run elsewhere and are handed their claim (bench.claims.Coordinator.hand_over).
+    remote: ClassVar[bool] = False
+
+    def __init__(self, store: ResultStore, device: str, detached: bool = False) -> None:
+        self.store, self.device, self.detached = store, device, detached
+        #: after a detached submission: what was submitted and where its logs are
+        self.note = ""
+        self.label = f"{self.name} (queued; submitted from {socket.gethostname()}:{os.getpid()})"
+
+    def task(self, cell: RunConfig, token: str | None, threads: int) -> Task:
+        """What a worker needs; absolute paths, since a worker's directory may differ."""
+        return Task(cell, self.device, threads, str(self.store.receipts_dir.absolute()),
+                    str(self.store.path.absolute()), token)
+
+    def room(self) -> int:
+        """How many more cells may be submitted now (claimed only when they can start)."""
+        return sys.maxsize
+
+    @abstractmethod
+    def in_flight(self) -> int:
+        """How many submitted cells have not come back yet."""
+
+    @abstractmethod
+    def submit(self, batch: Batch) -> None:
+        """Start ``batch`` (cells with the claim token each was handed, or None)."""
+
+    @abstractmethod
+    def wait(self) -> Finished:
+        """Block until at least one submitted cell finishes; its row, or None when its
+        task found the run done or held by another."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop what is in flight (the coordinator is leaving)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.detached and self.in_flight():
+            logger.warning("cancelling %d run(s) still in flight", self.in_flight())
+            self.cancel()
+
+
+class LocalExecutor(Executor):
+    """In this process, one run at a time, with per-epoch progress."""
+
+    name = "local"
+
+    def __init__(self, store: ResultStore, device: str,
+                 on_epoch: Callable[[str], None] | None = None) -> None:
+        super().__init__(store, device)
+        self.on_epoch = on_epoch
+        self._queue: list[RunConfig] = []
+
+    def room(self) -> int:
+        return 1 - len(self._queue)
+
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def submit(self, batch: Batch) -> None:
+        self._queue += [cell for cell, _ in batch]
+
+    def cancel(self) -> None:
+        self._queue.clear()
+
+    def wait(self) -> Finished:
+        cell = self._queue.pop(0)
+        tick = None if self.on_epoch is None else (lambda _: self.on_epoch(cell.key))
+        return [(cell, runner.execute(cell, self.device, tick))]
+
+
+class ProcessExecutor(Executor):
+    """A pool of ``jobs`` spawned worker processes, each with ``threads`` torch threads
+    (cores ÷ jobs: :meth:`bench.execution.Options.run_threads`)."""
+
+    name = "process"
+
+    def __init__(self, store: ResultStore, device: str, jobs: int, threads: int) -> None:
+        super().__init__(store, device)
+        self.jobs, self.threads = jobs, threads
+        self._pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                                         initializer=_exit_with_parent,
+                                         initargs=(os.getpid(),))
+        self._running: dict[Future, RunConfig] = {}
+
+    def room(self) -> int:
+        return self.jobs - len(self._running)
+
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def submit(self, batch: Batch) -> None:
+        for cell, token in batch:
+            self._running[self._pool.submit(run_task, self.task(cell, token,
+                                                                self.threads))] = cell
+
+    def wait(self) -> Finished:
+        finished, _ = wait(self._running, return_when=FIRST_COMPLETED)
+        return [(self._running.pop(fut), fut.result()) for fut in finished]
+
+    def cancel(self) -> None:
+        for fut in self._running:
+            fut.cancel()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._pool.shutdown(cancel_futures=True)
+
+
+def make_executor(options: Options, store: ResultStore, device: str,
+                  on_epoch: Callable[[str], None] | None = None) -> Executor:
+    """The executor ``options`` name (``on_epoch(key)``: per-epoch progress, in-process)."""
+    if options.kind == "local":
+        return LocalExecutor(store, device, on_epoch)
+    if options.kind == "process":
+        return ProcessExecutor(store, device, options.jobs, options.run_threads() or 1)
+    from bench import cluster  # imports this module
+
+    if options.kind == "slurm":
+        return cluster.SlurmExecutor(store, device, options.slurm, options.detach)
+    return cluster.RayExecutor(store, device, options.ray, options.detach)
