@@ -344,5 +344,6 @@ def run_check(store: Path | None = None, update_refs: bool = False, fmt: str = "
         names = ", ".join(p.name for p in written) or "none (no number moved)"
         return f"reference files rewritten: {names}", True
     refs = read_references(folder)
-    comparisons, same_env = compare(refs, rows)
-    return render(comparisons, same_env, fmt, refs=refs), all(c.ok for c in comparisons)
+    env = environment()
+    comparisons, same_env = compare(refs, rows, env)
+    return render(comparisons, same_env, fmt, env, refs), all(c.ok for c in comparisons)

@@ -39,6 +39,7 @@ import torch
 from tabulate import tabulate
 
 from bench.config import RunConfig, load_data
+from bench.data.core import num_batches
 from bench.runner import device_type, resolve_device
 from bench.store import ResultStore, default_store_path
 
@@ -106,7 +107,7 @@ def stored_step_ms(history: pd.DataFrame, cell: RunConfig, device: str) -> tuple
         if pd.notna(r.ms_per_iter_median):
             values.append(float(r.ms_per_iter_median))
         elif pd.notna(r.s_per_epoch) and pd.notna(r.n_train):
-            values.append(1e3 * r.s_per_epoch / math.ceil(r.n_train / r.hparams["batch_size"]))
+            values.append(1e3 * r.s_per_epoch / num_batches(r.n_train, r.hparams["batch_size"]))
     return (statistics.median(values), len(values)) if values else (math.nan, 0)
 
 
@@ -115,18 +116,16 @@ def estimate(cells: Sequence[RunConfig], store: Path | None = None, device: str 
     """The cost of the runs of ``cells`` that ``store`` does not hold yet, on ``device``,
     probing (only where ``device`` exists here) with ``threads`` torch threads — a run's
     under the executor that will train them (default: this process's)."""
-    from bench.perf import probe_step_ms
-
     here_threads = torch.get_num_threads()
     torch.set_num_threads(threads or here_threads)
     try:
-        return _estimate(cells, store, device, probe_step_ms)
+        return _estimate(cells, store, device)
     finally:
         torch.set_num_threads(here_threads)
 
 
-def _estimate(cells: Sequence[RunConfig], store: Path | None, device: str,
-              probe_step_ms: Any) -> Estimate:
+def _estimate(cells: Sequence[RunConfig], store: Path | None, device: str) -> Estimate:
+    from bench.perf import probe_step_ms  # perf imports the runner's training stack
 
     path = Path(store) if store is not None else default_store_path()
     history = _history(path)
@@ -167,8 +166,8 @@ def _estimate(cells: Sequence[RunConfig], store: Path | None, device: str,
             step_ms[key] = (ms, source)
         ms, source = step_ms[key]
         m = models.setdefault(cell.model, ModelCost(cell.model))
-        steps = int(cell.hparams["epochs"]) * math.ceil(n_train[data_id] /
-                                                        int(cell.hparams["batch_size"]))
+        steps = int(cell.hparams["epochs"]) * num_batches(n_train[data_id],
+                                                          int(cell.hparams["batch_size"]))
         m.runs += 1
         m.steps.append(steps)
         label = source.split(" (")[0]

@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import registry
 from bench.complexity import count_params  # also registers the grouped-matmul FLOP formula
 from bench.config import RunConfig, load_data
+from bench.data.core import num_batches
 from bench.profiles import get_profile
 from bench.runner import resolve_device
 from bench.train import class_weight, make_adam, seed_everything, train_step
@@ -167,7 +168,7 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
     peak = matmul_rate(dev)
     mean = statistics.fmean(times)
     median = statistics.median(times) * 1e3
-    steps_per_epoch = -(-int(data.splits["train"].numel()) // batch_size)
+    steps_per_epoch = num_batches(int(data.splits["train"].numel()), batch_size)
     achieved = flops / mean / 1e9
     return PerfResult(
         model=model_name, combo=combo, device=str(dev), threads=torch.get_num_threads(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
@@ -86,6 +87,12 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """How many batches :meth:`RunData.batches` yields for ``n`` samples (the last may be
+    smaller): the training steps of one epoch."""
+    return math.ceil(n / batch_size)
 
 
 @dataclass
