@@ -109,7 +109,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "not a ranking", {"epochs": 6}, (0, 1), "pair-and-full",
             {"synthetic-adni": {"scale": 0.25}, "synthetic-mimic": {"scale": 0.1}},
             model_train={"flexmoe": {"lr": 3e-4}, "limoe": {"lr": 3e-4},
-                         "fusemoe": {"epochs": 2}, "i2moe": {"epochs": 2, "lr": 1e-3},
+                         "fusemoe": {"epochs": 4, "lr": 1e-3}, "mmformer": {"epochs": 12},
+                         "i2moe": {"epochs": 2, "lr": 1e-3},
                          "mult": {"epochs": 2, "batch_size": 32, "lr": 1e-3}}),
 )}
 
