@@ -174,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
         "them, draw the figures (PNG, PDF) and write the HTML and Markdown report.")
     reproduce.add_argument("--table", required=True, metavar="N",
                            help="all, or comma-separated: 1, 2, 3, 4, 7, 8, 9, 10, fig4, fig5, "
-                           "fig6, modalities, cost")
+                           "fig6, modalities, cost, robustness, mechanisms (on the --dataset "
+                           "named, default mfeat)")
     reproduce.add_argument("--dry-run", action="store_true",
                            help="print the cost estimate of the runs not yet stored; train "
                            "and render nothing")
@@ -331,6 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "datasets":
         from bench.config import data_settings
+        from bench.data.missingness import DESCRIPTIONS
 
         for name in registry.list_datasets():
             options = {k: d for k, (_, d) in data_settings(name).items()}
@@ -339,6 +341,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                                                 88), "    "))
             print(textwrap.indent(textwrap.fill("options (--data-option): " + (", ".join(
                 f"{k}={d}" for k, d in options.items()) or "none"), 88), "    "))
+        print("\n" + textwrap.fill("Missingness imposed on the training split of any data "
+                                   "set: --data-option missing=NAME (missing_rate=R in [0, 1), "
+                                   "missing_seed=N; bench/data/missingness.py):", 92))
+        for name, text in DESCRIPTIONS.items():
+            print(textwrap.fill(f"{name}: {text}", 92, initial_indent="    ",
+                                subsequent_indent="        "))
         return 0
     from bench.config import load_data
 

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
+from bench.data import missingness
 from bench.data.core import EvalRule, MultimodalData
 from bench.hparams import (
     NON_NEGATIVE,
     POSITIVE,
-    Range,
+    PROBABILITY,
     SettingError,
     check_value,
     signature_types,
@@ -35,10 +36,15 @@ from bench.profiles import get_profile
 KEY_VERSION = 2
 #: Loader options that say where data live rather than what they are (not hashed).
 LOCATION_OPTIONS = frozenset({"root", "path", "split_file"})
-#: Options every data set takes, applied after loading: name → (type, default).
-COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {"eval": (EvalRule, "complete")}
-#: Accepted ranges of the built-in loaders' numeric options.
-DATA_RANGES = {"scale": POSITIVE, "rate": Range(0, 1), "seed": NON_NEGATIVE,
+#: Options every data set takes, applied after loading: name → (type, default). A data set
+#: may declare other defaults for them when it registers (``mfeat``: ``missing=pattern=adni``).
+COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "eval": (EvalRule, "complete"), "missing": (missingness.Mechanism, missingness.NONE),
+    "missing_rate": (float, 0.3), "missing_seed": (int, 0)}
+#: The common options that impose missingness on the training split (``bench.data.missingness``).
+MISSING_OPTIONS = ("missing", "missing_rate", "missing_seed")
+#: Accepted ranges of the data options' numbers.
+DATA_RANGES = {"scale": POSITIVE, "seed": NON_NEGATIVE, "missing_rate": PROBABILITY,
                "missing_seed": NON_NEGATIVE}
 
 
@@ -59,17 +65,25 @@ def canonical_dataset(dataset: str) -> str:
 def data_settings(dataset: str) -> dict[str, tuple[Any, Any]]:
     """Name → (type, default) of every option of data set ``dataset`` (``folder:PATH``
     included): its loader's keyword arguments and the options every data set takes."""
-    loader = registry.dataset_loader(_loader_name(dataset))
+    name = _loader_name(dataset)
+    loader = registry.dataset_loader(name)
     settings = {k: v for k, v in signature_types(loader).items()
                 if k not in ("split_seed", "path")}
-    return {**settings, **COMMON_OPTIONS}
+    defaults = registry.dataset_defaults(name)
+    unknown = sorted(set(defaults) - set(COMMON_OPTIONS))
+    if unknown:
+        raise TypeError(f"data set {name!r} declares defaults for {unknown}, which are not "
+                        f"options every data set takes ({', '.join(COMMON_OPTIONS)})")
+    return {**settings, **{k: (tp, defaults.get(k, d)) for k, (tp, d) in COMMON_OPTIONS.items()}}
 
 
 def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[str, dict]:
     """The canonical data-set name and every loader option, checked and normalised.
 
     ``folder:PATH`` becomes an absolute path; options missing from ``options`` take the
-    loader's defaults; numbers take the annotated type (``scale=1`` is ``scale=1.0``).
+    loader's defaults; numbers take the annotated type (``scale=1`` is ``scale=1.0``); the
+    missingness options that do not apply are left out (``missingness.applicable``), so a
+    run without imposed missingness has the key it had before they existed.
     """
     if not dataset or not dataset.strip():
         raise SettingError("the data set name is empty; pass --dataset NAME (run_bench.py "
@@ -89,7 +103,7 @@ def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[s
                                conventions=False)
         if key in LOCATION_OPTIONS and isinstance(out[key], str):
             out[key] = str(Path(out[key]).expanduser().resolve())
-    return dataset, out
+    return dataset, missingness.applicable(out, settings["missing"][1])
 
 
 def _stat_signature(dataset: str, options: dict[str, Any]) -> tuple:
@@ -112,13 +126,25 @@ def _load_cached(dataset: str, options_json: str, split_seed: int,
     return registry.create_dataset(dataset, split_seed=split_seed, **json.loads(options_json))
 
 
+@lru_cache(maxsize=12)  # the mechanisms artefact's ten settings of one data set, and more
+def _missing_cached(dataset: str, options_json: str, split_seed: int, signature: tuple,
+                    missing_json: str) -> MultimodalData:
+    data = _load_cached(dataset, options_json, split_seed, signature)
+    missing = json.loads(missing_json)
+    if missing.get("missing", missingness.NONE) == missingness.NONE:
+        return data
+    return missingness.impose(data, **missing)
+
+
 def load_data(dataset: str, options: dict[str, Any] | None = None,
               split_seed: int = 0) -> MultimodalData:
-    """Load a data set with its options and split (once per process and file version)."""
+    """Load a data set with its options and split (once per process and file version),
+    then impose the missingness its options ask for on the training split."""
     name, opts = resolve_data(dataset, options)
     loader_opts = {k: v for k, v in opts.items() if k not in COMMON_OPTIONS}
-    data = _load_cached(name, json.dumps(loader_opts, sort_keys=True), int(split_seed),
-                        _stat_signature(name, opts))
+    missing = {k: v for k, v in opts.items() if k in MISSING_OPTIONS}
+    data = _missing_cached(name, json.dumps(loader_opts, sort_keys=True), int(split_seed),
+                           _stat_signature(name, opts), json.dumps(missing, sort_keys=True))
     return replace(data, eval_rule=opts["eval"])
 
 

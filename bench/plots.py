@@ -197,3 +197,58 @@ def accuracy_vs_cost(df: pd.DataFrame) -> Figure:
                    frameon=False)
         fig.tight_layout()
     return fig
+
+
+def accuracy_vs_available(df: pd.DataFrame, trained_on: str) -> Figure:
+    """Test-time robustness: accuracy of each model trained on ``trained_on`` against the
+    number of its modalities still available at test (mean ± std over removal subsets and
+    seeds; ``bench.robustness_view.robustness_curve``'s frame)."""
+    models = list(dict.fromkeys(df["model"]))
+    colours = palette(models)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 2.6))
+        ax = fig.add_subplot()
+        for i, model in enumerate(models):
+            part = df[df["model"] == model].sort_values("available")
+            ax.errorbar(part["available"] + (i - len(models) / 2) * 0.015, part["mean"],
+                        yerr=part["std"].fillna(0.0), label=model, color=colours[model],
+                        marker=MARKERS[i % len(MARKERS)], markersize=4, capsize=2, linewidth=1)
+        ax.set_xticks(range(1, len(trained_on) + 1))
+        ax.set_xlabel(f"number of modalities available at test (trained on {trained_on})")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_missing_rate(df: pd.DataFrame) -> Figure:
+    """Missingness mechanisms: one panel per mechanism, test accuracy against the missing
+    rate imposed on the training split (mean ± std over seeds), one line per model; every
+    panel starts from the shared rate-0 runs (``bench.mechanisms_view``'s frame); models
+    without a result are left out."""
+    mechanisms = list(dict.fromkeys(df["mechanism"]))
+    models = list(dict.fromkeys(df.dropna(subset=["mean"])["model"]))
+    colours = palette(models)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH, 2.4))
+        axes = fig.subplots(1, len(mechanisms), sharey=True, squeeze=False)[0]
+        for ax, mechanism in zip(axes, mechanisms):
+            part = df[df["mechanism"] == mechanism]
+            for i, model in enumerate(models):
+                line = part[part["model"] == model].dropna(subset=["mean"]).sort_values("rate")
+                ax.errorbar(line["rate"], line["mean"], yerr=line["std"].fillna(0.0),
+                            label=model, color=colours[model], marker=MARKERS[i % len(MARKERS)],
+                            markersize=3, capsize=2, linewidth=1)
+            rates = sorted(part["rate"].unique().tolist())
+            ax.set_xticks(rates, [f"{r:g}" for r in rates])
+            ax.set_title(mechanism)
+            ax.set_xlabel("missing rate (training)")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylabel("test accuracy (%)")
+        legend = {label: handle for ax in axes
+                  for handle, label in zip(*ax.get_legend_handles_labels())}
+        fig.legend(list(legend.values()), list(legend), loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.tight_layout()
+    return fig

@@ -5,7 +5,8 @@ reproduction (``bench.reproduce``) turns sweeps into grid cells, so two artefact
 the same run (Table 1 and Table 4, Flex-MoE on IGCB in Tables 1, 3 and Figure 6) share one
 stored run. Without ``--dataset`` the ADNI artefacts use the real ``adni`` data set when it
 loads here and ``synthetic-adni`` otherwise, MIMIC-IV ones likewise; the fallback is logged
-as a warning and stated in every caption.
+as a warning and stated in every caption. The ``mechanisms`` artefact runs on any data set:
+the last ``--dataset`` named, else ``mfeat``.
 
 A profile's data-set options (``bench.profiles``) apply here as in ``run``: they are part of
 every run's key and every caption states the options the runs used.
@@ -14,11 +15,13 @@ every run's key and every caption states the options the runs used.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench import registry
 from bench.config import RunConfig, build_grid, load_data
+from bench.data.missingness import MissingnessError
+from bench.profiles import get_profile
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,13 @@ SENSITIVITY: dict[str, tuple[str, tuple[int, ...]]] = {
 
 REAL = {"adni": "adni", "mimic": "mimic"}
 SYNTHETIC = {"adni": "synthetic-adni", "mimic": "synthetic-mimic"}
+#: The family of artefacts that run on any data set: the last ``--dataset`` named, else
+#: :data:`ANY_DEFAULT` (real and fully observed, so every missing entry is imposed).
+ANY = "any"
+ANY_DEFAULT = "mfeat"
+#: The ``mechanisms`` artefact: missingness mechanisms × missing rates (rate 0: none).
+MECHANISMS = ("mcar", "mar", "mnar")
+MECHANISM_RATES = (0.2, 0.4, 0.6)
 
 def model_label(name: str) -> str:
     """The paper's column header for a model (the registry name for others)."""
@@ -80,13 +90,15 @@ def sensitivity_setting(param: str, value: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Sweep:
-    """Models × combinations under one override; ``axis``/``value`` place it on a figure."""
+    """Models × combinations (none: the data set's full combination) under one override and
+    data options (they win over ``--data-option``); ``axis``/``value`` place it on a figure."""
 
     models: tuple[str, ...]
     combos: tuple[str, ...]
     overrides: dict[str, Any] = field(default_factory=dict)
     axis: str = ""
-    value: int | None = None
+    value: float | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,8 @@ class Artefact:
 
     id: str
     kind: str  # metric | ablation | complexity | bank | experts | sensitivity | modalities | cost
-    family: str  # adni | mimic
+    # | robustness | mechanisms
+    family: str  # adni | mimic | any (ANY)
     title: str
     sweeps: tuple[Sweep, ...]
     metric: str | None = None
@@ -111,6 +124,31 @@ def _metric(number: int, family: str, metric: str, name: str, file: str) -> Arte
     data = "ADNI" if family == "adni" else "MIMIC-IV"
     return Artefact(f"table{number}", "metric", family, f"{data} {name} (%)",
                     (Sweep(models + EXTRA_MODELS, combos),), metric, file)
+
+
+def _robustness(family: str) -> Artefact:
+    """Test-time missing modalities on the family's full combination: the same runs as
+    ``run`` makes there, scored again with modalities removed (``bench.robustness``)."""
+    models, combo, data = ((ADNI_MODELS, ADNI_COMBOS[-1], "ADNI") if family == "adni"
+                           else (MIMIC_MODELS, MIMIC_COMBOS[-1], "MIMIC-IV"))
+    return Artefact(f"robustness-{family}", "robustness", family,
+                    f"Test-time missing modalities ({data} {combo})",
+                    (Sweep(models + EXTRA_MODELS, (combo,)),), "test_acc")
+
+
+def _mechanisms() -> Artefact:
+    """Accuracy against the missing rate per mechanism on a data set's full combination: rate
+    0 once (``missing=none``, shared by the three curves), then each mechanism × rate. The
+    models are the paper's ten and I2MoE — every built-in model but the ablation variants —
+    on whatever data set is named, so the table has the same columns everywhere."""
+    models = ADNI_MODELS + EXTRA_MODELS
+    sweeps = [Sweep(models, (), axis="none", value=0.0, data_options={"missing": "none"})]
+    sweeps += [Sweep(models, (), axis=m, value=rate,
+                     data_options={"missing": m, "missing_rate": rate})
+               for m in MECHANISMS for rate in MECHANISM_RATES]
+    return Artefact("mechanisms", "mechanisms", ANY,
+                    "Accuracy vs missing rate per missingness mechanism", tuple(sweeps),
+                    "test_acc")
 
 
 def _sensitivity_sweeps() -> tuple[Sweep, ...]:
@@ -141,24 +179,32 @@ ARTEFACTS: dict[str, Artefact] = {a.id: a for a in (
              (Sweep(ADNI_MODELS + EXTRA_MODELS, ADNI_COMBOS),), "test_acc"),
     Artefact("cost", "cost", "adni", "Accuracy vs cost (ADNI IG / IGC / IGCB)",
              (Sweep(COMPLEXITY_MODELS, ("IG", "IGC", "IGCB")),), "test_acc"),
+    _robustness("adni"),
+    _robustness("mimic"),
+    _mechanisms(),
 )}
+#: Names ``--table`` accepts for several artefacts at once.
+GROUPS: dict[str, tuple[str, ...]] = {"robustness": ("robustness-adni", "robustness-mimic")}
+#: Studies of their own, trained only when named: ``all`` means the paper's artefacts and the
+#: analyses that reuse their runs (``mechanisms`` trains ten settings of every model).
+BY_NAME_ONLY = ("mechanisms",)
 
 
 def select(spec: str) -> list[Artefact]:
-    """Artefacts named by ``--table``: ``all``, or ids separated by commas (``1``, ``table1``,
-    ``fig6``, ``modalities``, ``cost``)."""
+    """Artefacts named by ``--table``: ``all`` (every one but :data:`BY_NAME_ONLY`), or ids
+    separated by commas (``1``, ``table1``, ``fig6``, ``modalities``, ``cost``,
+    ``robustness`` = both of :data:`GROUPS`' artefacts, ``mechanisms``)."""
     if spec.strip() == "all":
-        return list(ARTEFACTS.values())
+        return [a for a in ARTEFACTS.values() if a.id not in BY_NAME_ONLY]
+    choices = ", ".join([a.removeprefix("table") for a in ARTEFACTS] + list(GROUPS))
     if not spec.strip(" ,"):
-        choices = ", ".join(a.removeprefix("table") for a in ARTEFACTS)
         raise ValueError(f"--table is empty; choose all or any of {choices}")
     out = []
     for item in (s.strip().lower() for s in spec.split(",") if s.strip()):
         key = f"table{item}" if item.isdigit() else item
-        if key not in ARTEFACTS:
-            choices = ", ".join(a.removeprefix("table") for a in ARTEFACTS)
+        if key not in ARTEFACTS and key not in GROUPS:
             raise KeyError(f"unknown table or figure {item!r}; choose all or any of {choices}")
-        out.append(ARTEFACTS[key])
+        out.extend(ARTEFACTS[k] for k in GROUPS.get(key, (key,)))
     return list({a.id: a for a in out}.values())
 
 
@@ -185,9 +231,11 @@ def real_data_problem(name: str) -> str | None:
 
 def choose_dataset(family: str, explicit: str | None = None) -> DatasetChoice:
     """``explicit`` if given; else the real data set of ``family`` if it loads, else the
-    synthetic stand-in, with a warning that says why."""
+    synthetic stand-in, with a warning that says why (``any``: :data:`ANY_DEFAULT`)."""
     if explicit:
         return DatasetChoice(explicit, explicit in REAL.values())
+    if family == ANY:
+        return DatasetChoice(ANY_DEFAULT, False)
     problem = real_data_problem(REAL[family])
     if problem is None:
         return DatasetChoice(REAL[family], True)
@@ -199,13 +247,15 @@ def choose_dataset(family: str, explicit: str | None = None) -> DatasetChoice:
 
 def assign_datasets(artefacts: list[Artefact], names: list[str]) -> dict[str, DatasetChoice]:
     """Family → data set: each ``--dataset`` goes to the artefacts of its family (a data set
-    of another family, e.g. ``folder:PATH``, to all of them); the rest are chosen."""
+    of another family, e.g. ``folder:PATH``, to all of them) and to those that run on any
+    data set (the last one named wins); the rest are chosen."""
     families = list(dict.fromkeys(a.family for a in artefacts))
     given: dict[str, str] = {}
     for name in names:
         family = load_data(name).family
         targets = [family] if family in REAL else families
-        if family in REAL and family not in families:
+        targets += [ANY] if ANY in families else []
+        if family in REAL and family not in families and ANY not in families:
             raise ValueError(f"data set {name!r} is a {family} data set, but none of the "
                              f"selected tables or figures is ({', '.join(families)})")
         given.update(dict.fromkeys(targets, name))
@@ -220,6 +270,9 @@ class ArtefactCells:
     dataset: DatasetChoice
     sweeps: list[tuple[Sweep, list[RunConfig]]]
     unregistered: tuple[str, ...]
+    #: Sweep index → why its missingness cannot be imposed on this data set (e.g. a ``mar``
+    #: rate above what keeping the driver allows); such a sweep has no cells.
+    skipped: dict[int, str] = field(default_factory=dict)
 
     @property
     def cells(self) -> list[RunConfig]:
@@ -230,13 +283,30 @@ def artefact_cells(artefact: Artefact, dataset: DatasetChoice, profile: str,
                    overrides: dict[str, Any] | None = None,
                    options: dict[str, Any] | None = None,
                    seeds: list[int] | None = None) -> ArtefactCells:
-    """Resolve every run an artefact needs; models not registered are left out and named."""
+    """Resolve every run an artefact needs; models not registered are left out and named.
+    A sweep without combinations is given the data set's full one; a sweep whose missingness
+    cannot be imposed on the data set is left out, with the reason (``skipped``)."""
     known = set(registry.list_models())
     missing = tuple(m for m in artefact.models() if m not in known)
-    sweeps = []
-    for sweep in artefact.sweeps:
+    prof = get_profile(profile)
+    sweeps, skipped = [], {}
+    for i, sweep in enumerate(artefact.sweeps):
+        if not sweep.combos:
+            full = load_data(dataset.name, prof.options_for(dataset.name, options)).letters
+            sweep = replace(sweep, combos=(full,))
+        data_options = {**(options or {}), **sweep.data_options}
+        try:
+            if sweep.data_options:
+                load_data(dataset.name, prof.options_for(dataset.name, data_options))
+        except MissingnessError as exc:
+            logger.warning("%s: %s at %s left out: %s", artefact.id, sweep.axis, sweep.value,
+                           exc)
+            skipped[i] = str(exc)
+            sweeps.append((sweep, []))
+            continue
         models = [m for m in sweep.models if m in known]
         cells = build_grid(models, dataset.name, list(sweep.combos), seeds, profile,
-                           {**sweep.overrides, **(overrides or {})}, options) if models else []
+                           {**sweep.overrides, **(overrides or {})},
+                           data_options) if models else []
         sweeps.append((sweep, cells))
-    return ArtefactCells(artefact, dataset, sweeps, missing)
+    return ArtefactCells(artefact, dataset, sweeps, missing, skipped)

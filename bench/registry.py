@@ -30,6 +30,7 @@ TRAIN_KEYS = tuple(TRAIN_TYPES)
 _models: dict[str, type] = {}
 _datasets: dict[str, Callable[..., Any]] = {}
 _dataset_docs: dict[str, str] = {}
+_dataset_defaults: dict[str, dict[str, Any]] = {}
 _loaded = False
 
 
@@ -50,12 +51,16 @@ def register_model(name: str) -> Callable[[type], type]:
     return wrap
 
 
-def register_dataset(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Function decorator: register a loader ``f(split_seed=0, **options) -> MultimodalData``."""
+def register_dataset(name: str, defaults: dict[str, Any] | None = None
+                     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Function decorator: register a loader ``f(split_seed=0, **options) -> MultimodalData``;
+    ``defaults`` gives the data set its own defaults of the options every data set takes
+    (``bench.config.COMMON_OPTIONS``, e.g. ``{"missing": "pattern=adni"}``)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         _datasets[name] = fn
         _dataset_docs[name] = inspect.getdoc(fn) or ""
+        _dataset_defaults[name] = dict(defaults or {})
         return fn
 
     return wrap
@@ -132,6 +137,12 @@ def dataset_loader(name: str) -> Callable[..., Any]:
 def dataset_doc(name: str) -> str:
     load_builtins()
     return _dataset_docs.get(name, "")
+
+
+def dataset_defaults(name: str) -> dict[str, Any]:
+    """The defaults data set ``name`` declares for the options every data set takes."""
+    load_builtins()
+    return dict(_dataset_defaults.get(name, {}))
 
 
 def model_settings(cls: type) -> dict[str, tuple[Any, Any]]:

@@ -38,8 +38,10 @@ def _png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _html_section(section: Section) -> str:
-    parts = [f'<section id="{html.escape(section.id)}">', f"<h2>{html.escape(section.title)}</h2>"]
+def _html_section(section: Section, level: int = 2) -> str:
+    """A section and, nested after its content, its subsections one heading level down."""
+    parts = [f'<section id="{html.escape(section.id)}">',
+             f"<h{level}>{html.escape(section.title)}</h{level}>"]
     if section.view is not None:
         parts.append(to_html(section.view))
     for path in section.figures:
@@ -50,12 +52,13 @@ def _html_section(section: Section) -> str:
     if section.notes:
         parts.append('<ul class="notes">' + "".join(
             f"<li>{html.escape(n)}</li>" for n in section.notes) + "</ul>")
+    parts += [_html_section(sub, level + 1) for sub in section.subsections]
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def _markdown_section(section: Section) -> str:
-    parts = [f"## {section.title}", ""]
+def _markdown_section(section: Section, level: int = 2) -> str:
+    parts = [f"{'#' * level} {section.title}", ""]
     if section.view is not None:
         parts += [to_markdown(section.view, title=False)]
     for path in section.figures:  # written beside the report
@@ -63,6 +66,8 @@ def _markdown_section(section: Section) -> str:
     if section.view is None and not section.figures:
         parts += [section.caption, ""]
     parts += [f"- {n}" for n in section.notes]
+    for sub in section.subsections:
+        parts += ["", _markdown_section(sub, level + 1)]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench import plots, presets, registry, views
+from bench import mechanisms_view, plots, presets, registry, robustness_view, significance, views
 from bench.config import RunConfig, load_data
 from bench.data.core import RunData
 from bench.execution import Options
@@ -44,7 +44,8 @@ EXPLAIN = {
 
 @dataclass
 class Section:
-    """One table or figure as written: its view or figure files, caption and notes."""
+    """One table or figure as written: its view or figure files, caption and notes; panels
+    that belong to it (a metric table's significance tests) are its ``subsections``."""
 
     id: str
     title: str
@@ -52,6 +53,7 @@ class Section:
     view: TableView | None = None
     figures: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    subsections: list[Section] = field(default_factory=list)
 
 
 def plan(artefacts: list[presets.Artefact], profile: str, datasets: list[str] | None = None,
@@ -107,6 +109,21 @@ def analysis_model(cell: RunConfig, out_dir: Path, device: str = "auto",
 def _write_table(view: TableView, out_dir: Path) -> None:
     for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".csv", to_csv)):
         (out_dir / f"{view.id}{suffix}").write_text(render(view))
+
+
+def _significance_section(ac: ArtefactCells, df: pd.DataFrame, out_dir: Path) -> Section:
+    """Friedman and Holm-corrected Wilcoxon tests across the combinations of a metric table,
+    on the runs the table shows; the diagram and its data (CSV) beside the table."""
+    art = ac.artefact
+    result = significance.compare(significance.block_means(views.runs(ac, df), art.metric))
+    stem = f"{art.id}-significance"
+    section = Section(stem, "Significance across combinations", result.caption(),
+                      notes=result.findings() + result.dropped)
+    if result.computed:
+        result.to_frame().to_csv(out_dir / f"{stem}.csv", index=False)
+        section.figures = plots.save_figure(significance.cd_diagram(result), out_dir, stem)[:1]
+        section.notes.append(f"Mean ranks and every Holm-adjusted p-value: {stem}.csv.")
+    return section
 
 
 def _figure_section(ac: ArtefactCells, df: pd.DataFrame, profile: str, out_dir: Path,
@@ -170,7 +187,9 @@ def render(plans: list[ArtefactCells], df: pd.DataFrame, profile: str, out_dir: 
     """Tables (Markdown, LaTeX, CSV) and figures (PNG, PDF, CSV data) under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     builders = {"metric": views.metric_view, "ablation": views.ablation_view,
-                "complexity": views.complexity_view}
+                "complexity": views.complexity_view,
+                "robustness": robustness_view.robustness_view,
+                "mechanisms": mechanisms_view.mechanisms_view}
     sections = []
     for ac in plans:
         art = ac.artefact
@@ -178,6 +197,12 @@ def render(plans: list[ArtefactCells], df: pd.DataFrame, profile: str, out_dir: 
             view = builders[art.kind](ac, df, profile)
             _write_table(view, out_dir)
             sections.append(Section(art.id, f"{view.name}: {view.title}", view.caption, view))
+            if art.kind == "robustness":  # the table's numbers as a figure, beside it
+                sections[-1].figures = robustness_view.write_figure(ac, df, out_dir)
+            if art.kind == "mechanisms":  # accuracy vs missing rate, one panel per mechanism
+                sections[-1].figures = mechanisms_view.write_figure(ac, df, out_dir)
+            if art.kind == "metric":
+                sections[-1].subsections.append(_significance_section(ac, df, out_dir))
         else:
             sections.append(_figure_section(ac, df, profile, out_dir, device, train))
     return sections

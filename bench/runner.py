@@ -29,6 +29,7 @@ from bench.config import KEY_VERSION, RunConfig, load_data
 from bench.data.core import RunData
 from bench.execution import Options
 from bench.resources import checkout_root
+from bench.robustness import test_time_metrics
 from bench.store import Claim, ResultStore
 from bench.train import fit, seed_everything
 
@@ -120,6 +121,8 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu",
             fvcore_flops_batch=None if macs is None else float(macs),
             fvcore_flops_per_sample=None if macs is None else macs / max(len(probe), 1),
             fvcore_skipped_ops=skipped,
+            # after the cost probes: evaluation only, so no stored number above can move
+            robustness=test_time_metrics(model, data),
             ms_per_iter=result.ms_per_iter, ms_per_iter_median=result.ms_per_iter_median,
             s_per_epoch=sum(result.epoch_s) / len(result.epoch_s),
         )

@@ -77,7 +77,7 @@ COLUMNS: dict[str, str] = {
     "hparams": "TEXT", "data_options": "TEXT", "run_info": "TEXT",
     "val_acc": "REAL", "val_f1": "REAL", "val_auc": "REAL",
     "test_acc": "REAL", "test_f1": "REAL", "test_auc": "REAL", "metric_notes": "TEXT",
-    "test_pred_counts": "TEXT",
+    "test_pred_counts": "TEXT", "robustness": "TEXT",
     "best_epoch": "INTEGER", "epochs": "INTEGER", "val_acc_curve": "TEXT",
     "n_train": "INTEGER", "n_val": "INTEGER", "n_test": "INTEGER",
     "params": "INTEGER", "flops_per_sample": "REAL", "flops_batch": "REAL",
@@ -95,7 +95,7 @@ CLAIM_COLUMNS: dict[str, str] = {
     "model": "TEXT", "dataset": "TEXT", "combo": "TEXT", "seed": "INTEGER", "profile": "TEXT",
 }
 JSON_COLUMNS = ("config", "hparams", "data_options", "run_info", "metric_notes",
-                "test_pred_counts", "val_acc_curve", "fvcore_skipped_ops")
+                "test_pred_counts", "val_acc_curve", "fvcore_skipped_ops", "robustness")
 
 _ADVICE = "It was left untouched: pass another --store path (or move the file aside)"
 

@@ -91,12 +91,16 @@ def _grid(stats: pd.DataFrame, rows: list, cols: list, field: str) -> pd.DataFra
 
 
 def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "") -> str:
-    """Data set, profile, seeds, epochs, device and code version of the runs shown."""
+    """Data set (with the data options every run shares: an artefact whose sweeps vary one,
+    e.g. ``missing``, says so in ``extra``), profile, seeds, epochs, device and code version
+    of the runs shown."""
     ok = frame[frame["status"] == "ok"]
     cell = ac.cells[0] if ac.cells else None
     options = ", ".join(f"{k}={v}" for k, v in sorted((cell.data_options if cell else {})
                                                        .items())
-                        if v is not None and k not in LOCATION_OPTIONS)
+                        if v is not None and k not in LOCATION_OPTIONS
+                        and all(k in c.data_options and c.data_options[k] == v
+                                for c in ac.cells))
     data = ac.dataset.name + (f" ({options})" if options else "")
     if ac.dataset.note:
         data += f" — {ac.dataset.note}"

@@ -265,8 +265,8 @@ def test_a_quick_then_a_paper_run_of_the_same_settings_are_two_runs(tmp_path, ca
 
 
 def test_resolve_data_refuses_an_ill_typed_option():
-    with pytest.raises(SettingError, match="mfeat.*rate=2 is out of range"):
-        resolve_data("mfeat", {"rate": 2})
+    with pytest.raises(SettingError, match=r"mfeat.*missing_rate=2 is out of range.*\[0, 1\)"):
+        resolve_data("mfeat", {"missing_rate": 2})
     with pytest.raises(SettingError, match="missing='sometimes' is not valid"):
         resolve_data("mfeat", {"missing": "sometimes"})
 

@@ -138,7 +138,7 @@ def test_mfeat_is_real_and_evaluates_on_full_views():
     train_obs = data.observed[data.splits["train"]]
     assert train_obs[:, 0].all()  # F plays ADNI's always-observed clinical role
     assert abs(train_obs.all(1).float().mean().item() - 1474 / 2380) < 0.01
-    mcar = create_dataset("mfeat", missing="mcar", rate=0.3)
+    mcar = load_data("mfeat", {"missing": "mcar", "missing_rate": 0.3})
     rate = 1 - mcar.observed[mcar.splits["train"]].float().mean().item()
     assert 0.25 < rate < 0.32
     assert mcar.observed.any(1).all()

@@ -43,6 +43,17 @@ def combinations(letters: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def combo_of(mask: Tensor, letters: str) -> Tensor:
+    """Per-row index into ``combinations(letters)`` of an observed mask ``[N, len(letters)]``
+    (−1 where a row observes none): one lookup for whole data sets and test-time views."""
+    weights = torch.tensor([1 << j for j in range(len(letters))], device=mask.device)
+    code = (mask.long() * weights).sum(1)
+    lookup = torch.full((1 << len(letters),), -1, dtype=torch.long, device=mask.device)
+    for i, combo in enumerate(combinations(letters)):
+        lookup[sum(1 << letters.index(c) for c in combo)] = i
+    return lookup[code]
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """What a model needs to know about its run's data (no tensors)."""
@@ -172,6 +183,24 @@ class RunData:
         counts = torch.bincount(combo[combo >= 0], minlength=len(self.spec.combos))
         return {c: int(n) for c, n in zip(self.spec.combos, counts.tolist()) if n}
 
+    def without(self, letters: str) -> RunData:
+        """This view with the modalities ``letters`` unobserved for every sample: their
+        features zeroed (new tensors, this view untouched) and each sample's combination
+        recomputed, so a trained model meets them through its own missing-modality path.
+        The spec is kept, since the model was built for it."""
+        run = self.spec.letters
+        if not letters or set(letters) - set(run) or len(set(letters)) != len(letters) \
+                or len(letters) >= len(run):
+            raise ValueError(f"cannot remove {letters!r} at test time: expected a non-empty "
+                             f"proper subset of the run's modalities {run!r}, each letter once")
+        observed = self.observed.clone()
+        observed[:, [run.index(c) for c in letters]] = False
+        return replace(
+            self, observed=observed, combo=combo_of(observed, run),
+            features={c: torch.zeros_like(x) if c in letters else x
+                      for c, x in self.features.items()},
+        )
+
 
 @dataclass
 class MultimodalData:
@@ -266,13 +295,7 @@ class MultimodalData:
     def combo_index(self, letters: str) -> Tensor:
         """Per-sample combination index for ``letters`` (−1 where none of them is observed)."""
         letters = self.check_letters(letters)
-        cols = [self.letters.index(c) for c in letters]
-        weights = torch.tensor([1 << j for j in range(len(cols))])
-        mask = (self.observed[:, cols].long() * weights).sum(1)
-        lookup = torch.full((1 << len(cols),), -1, dtype=torch.long)
-        for i, combo in enumerate(combinations(letters)):
-            lookup[sum(1 << letters.index(c) for c in combo)] = i
-        return lookup[mask]
+        return combo_of(self.observed[:, [self.letters.index(c) for c in letters]], letters)
 
     def restrict(self, letters: str) -> RunData:
         """The paper's protocol for one combination of modalities.

@@ -58,19 +58,19 @@ def load_synthetic_mimic(split_seed: int = 0, seed: int = 0, scale: float = 1.0,
                    f"generator:synthetic-mimic:v{synthetic_mimic.VERSION}")
 
 
-@register_dataset("mfeat")
-def load_mfeat(split_seed: int = 0, missing: mfeat.MissingRule = "adni", rate: float = 0.3,
-               missing_seed: int = 0) -> MultimodalData:
+@register_dataset("mfeat", defaults={"missing": "pattern=adni"})
+def load_mfeat(split_seed: int = 0) -> MultimodalData:
     """UCI Multiple Features (real, shipped): 2,000 handwritten digits, 10 classes, six views
-    F fourier, A profile, K karhunen_loeve, P pixels, Z zernike, M morphology. Missingness is
-    simulated on the training part (missing=adni|mcar|none). Card: datasets/mfeat/README.md."""
+    F fourier, A profile, K karhunen_loeve, P pixels, Z zernike, M morphology, all observed.
+    Default missing=pattern=adni: ADNI's combinations imposed on the training split (roles
+    I → P,K; G → A; C → F,M; B → Z); missing=none keeps every view. Card:
+    datasets/mfeat/README.md."""
     root = datasets_root() / "mfeat"
-    raw, splits = mfeat.load(root, split_seed, missing, rate, missing_seed,
+    raw, splits = mfeat.load(root, split_seed,
                              lambda obs, y, s: make_split(obs, y, s, name="mfeat"))
     return MultimodalData.from_arrays(raw, "mfeat", "mfeat", splits=splits,
                                       description=load_mfeat.__doc__ or "",
-                                      meta={"missing": missing, "rate": rate,
-                                            "missing_seed": missing_seed},
+                                      meta={"adni_roles": dict(mfeat.ADNI_ROLES)},
                                       content_digest=files_digest(
                                           (p.name, p) for p in root.glob("mfeat-*.csv.gz")))
 
