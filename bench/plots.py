@@ -147,25 +147,32 @@ def sensitivity(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def accuracy_vs_modalities(df: pd.DataFrame) -> Figure:
-    """Mean test accuracy of each model over the combinations with 2, 3 and 4 modalities."""
+def _model_lines(df: pd.DataFrame, x: str, ticks: list[int], xlabel: str) -> Figure:
+    """Mean test accuracy (``mean`` ± ``std``) of each model against the integer column
+    ``x``, one line per model, nudged sideways so error bars of equal x stay apart."""
     models = list(dict.fromkeys(df["model"]))
     colours = palette(models)
     with rc_context(STYLE):
         fig = Figure(figsize=(WIDTH, 2.6))
         ax = fig.add_subplot()
         for i, model in enumerate(models):
-            part = df[df["model"] == model].sort_values("modalities")
-            ax.errorbar(part["modalities"] + (i - len(models) / 2) * 0.015, part["mean"],
+            part = df[df["model"] == model].sort_values(x)
+            ax.errorbar(part[x] + (i - len(models) / 2) * 0.015, part["mean"],
                         yerr=part["std"], label=model, color=colours[model],
                         marker=MARKERS[i % len(MARKERS)], markersize=4, capsize=2, linewidth=1)
-        ax.set_xticks(sorted(df["modalities"].unique().tolist()))
-        ax.set_xlabel("number of observed modalities in the combination")
+        ax.set_xticks(ticks)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
     return fig
+
+
+def accuracy_vs_modalities(df: pd.DataFrame) -> Figure:
+    """Mean test accuracy of each model over the combinations with 2, 3 and 4 modalities."""
+    return _model_lines(df, "modalities", sorted(df["modalities"].unique().tolist()),
+                        "number of observed modalities in the combination")
 
 
 def accuracy_vs_cost(df: pd.DataFrame) -> Figure:
@@ -203,23 +210,9 @@ def accuracy_vs_available(df: pd.DataFrame, trained_on: str) -> Figure:
     """Test-time robustness: accuracy of each model trained on ``trained_on`` against the
     number of its modalities still available at test (mean ± std over removal subsets and
     seeds; ``bench.robustness_view.robustness_curve``'s frame)."""
-    models = list(dict.fromkeys(df["model"]))
-    colours = palette(models)
-    with rc_context(STYLE):
-        fig = Figure(figsize=(WIDTH, 2.6))
-        ax = fig.add_subplot()
-        for i, model in enumerate(models):
-            part = df[df["model"] == model].sort_values("available")
-            ax.errorbar(part["available"] + (i - len(models) / 2) * 0.015, part["mean"],
-                        yerr=part["std"].fillna(0.0), label=model, color=colours[model],
-                        marker=MARKERS[i % len(MARKERS)], markersize=4, capsize=2, linewidth=1)
-        ax.set_xticks(range(1, len(trained_on) + 1))
-        ax.set_xlabel(f"number of modalities available at test (trained on {trained_on})")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        fig.tight_layout()
-    return fig
+    return _model_lines(df.assign(std=df["std"].fillna(0.0)), "available",
+                        list(range(1, len(trained_on) + 1)),
+                        f"number of modalities available at test (trained on {trained_on})")
 
 
 def accuracy_vs_missing_rate(df: pd.DataFrame) -> Figure:
