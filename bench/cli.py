@@ -347,6 +347,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, text in DESCRIPTIONS.items():
             print(textwrap.fill(f"{name}: {text}", 92, initial_indent="    ",
                                 subsequent_indent="        "))
+        print("\n" + textwrap.fill("Fewer modalities: --data-option modalities=LETTERS keeps "
+                                   "only those modalities, before any imposed missingness (a "
+                                   "study on a subset of a data set's modalities).", 92))
         return 0
     from bench.config import load_data
 

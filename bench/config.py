@@ -40,7 +40,7 @@ LOCATION_OPTIONS = frozenset({"root", "path", "split_file"})
 #: may declare other defaults for them when it registers (``mfeat``: ``missing=pattern=adni``).
 COMMON_OPTIONS: dict[str, tuple[Any, Any]] = {
     "eval": (EvalRule, "complete"), "missing": (missingness.Mechanism, missingness.NONE),
-    "missing_rate": (float, 0.3), "missing_seed": (int, 0)}
+    "missing_rate": (float, 0.3), "missing_seed": (int, 0), "modalities": (str | None, None)}
 #: The common options that impose missingness on the training split (``bench.data.missingness``).
 MISSING_OPTIONS = ("missing", "missing_rate", "missing_seed")
 #: Accepted ranges of the data options' numbers.
@@ -103,7 +103,21 @@ def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[s
                                conventions=False)
         if key in LOCATION_OPTIONS and isinstance(out[key], str):
             out[key] = str(Path(out[key]).expanduser().resolve())
+    if out["modalities"] is None:  # absent: the key a run had before the option existed
+        del out["modalities"]
+    else:
+        out["modalities"] = _letter_set(dataset, out["modalities"])
     return dataset, missingness.applicable(out, settings["missing"][1])
+
+
+def _letter_set(dataset: str, letters: str) -> str:
+    """The ``modalities`` option as a sorted set of letters: one key whatever their order
+    (the data keep the data set's own order)."""
+    letters = letters.replace(",", "").strip()
+    if not letters or len(set(letters)) != len(letters):
+        raise SettingError(f"data set {dataset!r}: modalities={letters!r} must name each kept "
+                           "modality's letter once, e.g. modalities=IGC")
+    return "".join(sorted(letters))
 
 
 def _stat_signature(dataset: str, options: dict[str, Any]) -> tuple:
@@ -128,8 +142,10 @@ def _load_cached(dataset: str, options_json: str, split_seed: int,
 
 @lru_cache(maxsize=12)  # the mechanisms artefact's ten settings of one data set, and more
 def _missing_cached(dataset: str, options_json: str, split_seed: int, signature: tuple,
-                    missing_json: str) -> MultimodalData:
+                    missing_json: str, modalities: str | None) -> MultimodalData:
     data = _load_cached(dataset, options_json, split_seed, signature)
+    if modalities is not None:
+        data = data.keep_modalities(modalities)
     missing = json.loads(missing_json)
     if missing.get("missing", missingness.NONE) == missingness.NONE:
         return data
@@ -138,13 +154,15 @@ def _missing_cached(dataset: str, options_json: str, split_seed: int, signature:
 
 def load_data(dataset: str, options: dict[str, Any] | None = None,
               split_seed: int = 0) -> MultimodalData:
-    """Load a data set with its options and split (once per process and file version),
-    then impose the missingness its options ask for on the training split."""
+    """Load a data set with its options and split (once per process and file version), keep
+    the modalities its ``modalities`` option names, then impose the missingness its options
+    ask for on the training split."""
     name, opts = resolve_data(dataset, options)
     loader_opts = {k: v for k, v in opts.items() if k not in COMMON_OPTIONS}
     missing = {k: v for k, v in opts.items() if k in MISSING_OPTIONS}
     data = _missing_cached(name, json.dumps(loader_opts, sort_keys=True), int(split_seed),
-                           _stat_signature(name, opts), json.dumps(missing, sort_keys=True))
+                           _stat_signature(name, opts), json.dumps(missing, sort_keys=True),
+                           opts.get("modalities"))
     return replace(data, eval_rule=opts["eval"])
 
 

@@ -85,6 +85,38 @@ def test_mnar_depends_on_each_modalitys_own_value():
         assert own > 0.8 and abs(cross) < 0.15, (j, own, cross)
 
 
+def test_mnar_label_depends_on_the_label_and_not_on_the_values():
+    observed, features = _arrays()
+    labels = np.random.default_rng(1).integers(0, 3, N)
+    after = simulate(observed, features, TRAIN, LETTERS, "mnar-label", 0.3, seed=0,
+                     labels=labels)
+    assert _within(_dropped(observed, after), 0.3, observed[TRAIN].sum(), 0.3 ** 6 / 6)
+    drop = (observed[TRAIN] & ~after[TRAIN]).mean(1)
+    by_class = [drop[labels[TRAIN] == k].mean() for k in range(3)]
+    assert 3 * by_class[0] < by_class[1] and 3 * by_class[1] < by_class[2], by_class
+    scores = modality_scores(features, observed, TRAIN, LETTERS)
+    lost = observed[TRAIN] & ~after[TRAIN]
+    for j in range(len(LETTERS)):
+        own = scores[lost[:, j], j].mean() - scores[~lost[:, j], j].mean()
+        assert abs(own) < 0.15, (j, own)
+    # the values play no part: other features, the same mask
+    _, others = _arrays(seed=7)
+    assert (simulate(observed, others, TRAIN, LETTERS, "mnar-label", 0.3, seed=0,
+                     labels=labels) == after).all()
+    with pytest.raises(ValueError, match="mnar-label needs the samples' labels"):
+        simulate(observed, features, TRAIN, LETTERS, "mnar-label", 0.3)
+
+
+def test_mnar_label_on_a_data_set_follows_its_classes():
+    data = load_data("synthetic-adni", {"scale": 0.5, "missing": "mnar-label",
+                                        "missing_rate": 0.3})
+    base = load_data("synthetic-adni", {"scale": 0.5})
+    train = data.splits["train"]
+    lost = (base.observed[train] & ~data.observed[train]).float().mean(1)
+    y = data.labels[train]
+    assert lost[y == 0].mean() < lost[y == 1].mean() < lost[y == 2].mean()
+
+
 def test_mar_keeps_the_driver_and_depends_on_its_value_only():
     observed, features = _arrays((0.95, 0.8, 0.8, 0.8, 0.8, 0.8))
     assert missingness.mar_driver(observed[TRAIN]) == 0
@@ -113,12 +145,13 @@ def test_mar_ties_go_to_the_first_modality_and_too_high_a_rate_is_refused():
 
 def test_keep_one_rule_and_samples_only_lose_modalities():
     observed, features = _arrays((0.7, 0.5, 0.9, 0.6, 0.8, 0.4))
-    for mechanism in ("mcar", "mar", "mnar", "pattern=adni"):
+    for mechanism in ("mcar", "mar", "mnar", "mnar-label", "pattern=adni"):
         letters = LETTERS if mechanism != "pattern=adni" else "ABCD"
         obs = observed[:, :len(letters)].copy()
         obs[~obs.any(1), 0] = True
         rate = 0.6 if mechanism != "mar" else 0.5
-        after = simulate(obs, features, TRAIN, letters, mechanism, rate, seed=3)
+        after = simulate(obs, features, TRAIN, letters, mechanism, rate, seed=3,
+                         labels=np.arange(N) % 3)
         assert not (after & ~obs).any(), mechanism  # never gains
         assert after.any(1).all(), mechanism  # keeps one
         assert (after[N_TRAIN:] == obs[N_TRAIN:]).all(), mechanism  # evaluation rows untouched
@@ -207,7 +240,7 @@ def test_folder_data_take_the_options(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     ({"missing": "sometimes"}, "missing='sometimes' is not valid; expected one of 'none', "
-                               "'mcar', 'mar', 'mnar', 'pattern=adni', 'adni'"),
+                               "'mcar', 'mar', 'mnar', 'mnar-label', 'pattern=adni', 'adni'"),
     ({"missing": "mcar", "missing_rate": 1}, r"missing_rate=1 is out of range; expected a "
                                              r"number in \[0, 1\)"),
     ({"missing": "mcar", "missing_seed": -1}, "missing_seed=-1 is out of range"),
@@ -229,5 +262,5 @@ def test_pattern_on_three_modalities_is_refused_before_training(capsys, tmp_path
     assert "pattern=adni needs four modalities (mapped in order onto ADNI's I, G, C, B)" in err
     assert not (tmp_path / "r.sqlite").exists()
     with pytest.raises(ValueError, match="unknown missingness mechanism 'often'; accepted: "
-                                         "none, mcar, mar, mnar, pattern=adni"):
+                                         "none, mcar, mar, mnar, mnar-label, pattern=adni"):
         missingness.normalise("often")

@@ -283,6 +283,24 @@ class MultimodalData:
             raise ValueError(f"modality combination {letters!r} repeats a letter")
         return letters if self.keep_letter_order else "".join(c for c in known if c in letters)
 
+    def keep_modalities(self, letters: str) -> MultimodalData:
+        """The data set with only ``letters``' modalities, as if it had no others (the
+        ``modalities`` option): a study on fewer modalities, whose imposed missingness,
+        full combination and models see those alone. Split and samples are unchanged; a
+        sample left with none of them is one no combination trains or scores on."""
+        try:
+            letters = self.check_letters(letters)
+        except ValueError as exc:
+            raise ValueError(f"modalities={letters!r}: {exc}") from None
+        cols = [self.letters.index(c) for c in letters]
+        meta = dict(self.meta)
+        if "adni_roles" in meta:  # a declared role map keeps the letters that remain
+            meta["adni_roles"] = {a: "".join(c for c in v if c in letters)
+                                  for a, v in meta["adni_roles"].items()}
+        return replace(self, modalities=tuple(self.modalities[j] for j in cols),
+                       features={c: self.features[c] for c in letters},
+                       observed=self.observed[:, cols].contiguous(), meta=meta)
+
     def spec(self, letters: str) -> DataSpec:
         letters = self.check_letters(letters)
         return DataSpec(

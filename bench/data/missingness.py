@@ -30,6 +30,10 @@ training rows that observe the modality, itself standardised over those rows):
 * ``mnar``: each observed entry is dropped with probability ``sigmoid(a_j + STRENGTH · z_ij)``,
   z_ij the score of that modality itself, ``a_j`` solved per modality so that its mean is
   ``rate``: high values go missing more often.
+* ``mnar-label``: the same with the sample's class in place of the modality's value — z the
+  class index (the data set's class order) standardised over the training rows — so the
+  later classes lose modalities more often (ADNI: Alzheimer's disease more than cognitively
+  normal), and what is missing tells the label.
 * ``pattern=adni`` (alias ``adni``): ADNI's observed combinations of the Flex-MoE paper's
   Figure 2 (IGCB 1474, C 479, IC 157, ICB 127, GCB 122, CB 21): each training sample is
   given one of them, in exact shares (rounded down, the remainder to IGCB) assigned at
@@ -56,11 +60,11 @@ logger = logging.getLogger(__name__)
 
 NONE, PATTERN = "none", "pattern=adni"
 #: The accepted values of the ``missing`` option (``adni`` is normalised to ``pattern=adni``).
-Mechanism = Literal["none", "mcar", "mar", "mnar", "pattern=adni", "adni"]
-MECHANISMS: tuple[str, ...] = (NONE, "mcar", "mar", "mnar", PATTERN)
+Mechanism = Literal["none", "mcar", "mar", "mnar", "mnar-label", "pattern=adni", "adni"]
+MECHANISMS: tuple[str, ...] = (NONE, "mcar", "mar", "mnar", "mnar-label", PATTERN)
 ALIASES = {"adni": PATTERN}
 #: Mechanisms that take ``missing_rate``.
-RATED: tuple[str, ...] = ("mcar", "mar", "mnar")
+RATED: tuple[str, ...] = ("mcar", "mar", "mnar", "mnar-label")
 #: One line per mechanism, for ``list datasets`` and the data cards.
 DESCRIPTIONS = {
     NONE: "no missingness imposed",
@@ -69,6 +73,7 @@ DESCRIPTIONS = {
     "mar": "the most observed modality is kept; the others are dropped more often the "
            "higher its value",
     "mnar": "each modality dropped more often the higher its own value",
+    "mnar-label": "each modality dropped more often the later the sample's class",
     PATTERN: "(alias adni) ADNI's observed combinations (Flex-MoE paper, Figure 2) in their "
              "shares; missing_rate does not apply",
 }
@@ -160,11 +165,12 @@ def mar_driver(observed: np.ndarray) -> int:
 
 def _drop_probability(mechanism: str, obs: np.ndarray, scores: np.ndarray | None,
                       rate: float, letters: str) -> np.ndarray:
-    """Per observed entry of the training rows ``obs``, the mechanism's drop probability."""
+    """Per observed entry of the training rows ``obs``, the mechanism's drop probability
+    (``scores``: the modalities' own, or for ``mnar-label`` the class score in every column)."""
     p = np.zeros(obs.shape)
     if mechanism == "mcar":
         p[obs] = rate
-    elif mechanism == "mnar":
+    elif mechanism in ("mnar", "mnar-label"):
         for j in range(obs.shape[1]):
             p[obs[:, j], j] = _logistic(scores[obs[:, j], j], rate)
     else:  # mar
@@ -217,9 +223,11 @@ def _pattern_keep(n: int, letters: str, roles: Mapping[str, str],
 
 def simulate(observed: np.ndarray, features: Mapping[str, np.ndarray], train: np.ndarray,
              letters: str, mechanism: str, rate: float = 0.0, seed: int = 0,
-             roles: Mapping[str, str] | None = None) -> np.ndarray:
+             roles: Mapping[str, str] | None = None,
+             labels: np.ndarray | None = None) -> np.ndarray:
     """A new observed mask ``[N, M]``: ``observed`` with ``mechanism`` imposed on the rows
-    ``train`` (module docstring); ``roles`` is a data set's declared ADNI role map."""
+    ``train`` (module docstring); ``roles`` is a data set's declared ADNI role map,
+    ``labels`` the class indices ``[N]`` (``mnar-label`` only)."""
     mechanism = normalise(mechanism)
     out = np.array(observed, dtype=bool, copy=True)
     train = np.asarray(train, dtype=np.int64)
@@ -232,8 +240,14 @@ def simulate(observed: np.ndarray, features: Mapping[str, np.ndarray], train: np
     else:
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"missing_rate must lie in [0, 1), got {rate}")
-        scores = (modality_scores(features, out, train, letters) if mechanism != "mcar"
-                  else None)
+        if mechanism == "mnar-label":
+            if labels is None:
+                raise ValueError("missing=mnar-label needs the samples' labels")
+            z = _standardised(np.asarray(labels, dtype=np.float64)[train])
+            scores = np.repeat(z[:, None], len(letters), axis=1)
+        else:
+            scores = (modality_scores(features, out, train, letters) if mechanism != "mcar"
+                      else None)
         p = _drop_probability(mechanism, before, scores, rate, letters)
         keep = rng.random(before.shape) >= p
     after = before & keep
@@ -253,7 +267,7 @@ def impose(data: MultimodalData, missing: str, missing_rate: float = 0.0,
     try:
         after = simulate(before, {c: x.numpy() for c, x in data.features.items()},
                          data.splits["train"].numpy(), data.letters, missing, missing_rate,
-                         missing_seed, data.meta.get("adni_roles"))
+                         missing_seed, data.meta.get("adni_roles"), data.labels.numpy())
     except MissingnessError as exc:
         raise MissingnessError(f"data set {data.name!r}: {exc}") from None
     lost = before & ~after
