@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="test_acc (default), test_f1, test_auc, val_acc, val_f1, val_auc")
     table.add_argument("--dataset", default=None, help="data set (default: of the latest run)")
     table.add_argument("--profile", default=None, help="profile (default: of the latest run)")
+    table.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="show the runs under these data options, the data set's "
+                       "defaults filling the rest (repeatable; default: the latest run's)")
     table.add_argument("--format", choices=["markdown", "csv"], default="markdown")
 
     paper = _Parser(add_help=False)
@@ -224,15 +227,17 @@ def _settings(runs: Any) -> str:
 
 def _print_table(store_path: Path | None, metric: str, dataset: str | None = None,
                  profile: str | None = None, keys: set[str] | None = None,
-                 fmt: str = "markdown", stored: Any = None) -> None:
-    """Print the results table of the runs in ``store_path`` (``stored``: already loaded)."""
+                 fmt: str = "markdown", stored: Any = None,
+                 data_options: dict[str, Any] | None = None) -> None:
+    """Print the results table of the runs in ``store_path`` (``stored``: already loaded) of
+    one data set, profile and set of data options (``bench.tables.select_runs``)."""
     from bench.context import CONTEXT, context_metric
     from bench.tables import ONE_CLASS, ONE_CLASS_MARK, pivot, render, select_runs
 
     df = load_results(store_path) if stored is None else stored
     if keys is not None:
         df = df[df["key"].isin(keys)]
-    runs, dataset, profile = select_runs(df, dataset, profile)
+    runs, dataset, profile = select_runs(df, dataset, profile, data_options)
     seeds = sorted(runs["seed"].unique().tolist())
     table = pivot(runs, metric, context_metric(runs, metric))
     if fmt == "markdown":
@@ -401,7 +406,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     from bench.config import canonical_dataset
 
     dataset = canonical_dataset(args.dataset) if args.dataset else None
-    _print_table(args.store, args.metric, dataset, args.profile, None, args.format)
+    options = _assignments(args.data_option, "--data-option") if args.data_option else None
+    _print_table(args.store, args.metric, dataset, args.profile, None, args.format,
+                 data_options=options)
     return 0
 
 

@@ -246,7 +246,7 @@ def against_paper(df: pd.DataFrame) -> PaperComparison:
     selected = []
     for name in REAL_DATASETS:
         try:
-            selected.append(select_runs(df, name, PROFILE)[0])
+            selected.append(select_runs(df, name, PROFILE, {})[0])  # the defaults
         except ValueError:  # nothing current on this data set: _left_out says why
             tables = ", ".join(a.id.removeprefix("table") for a in metric_tables()
                                if REAL[a.family] == name)

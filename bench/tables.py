@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,16 +23,21 @@ from tabulate import tabulate
 
 from bench.profiles import paper_order
 
+logger = logging.getLogger(__name__)
+
 METRICS = ("test_acc", "test_f1", "test_auc", "val_acc", "val_f1", "val_auc")
 
 
-def select_runs(df: pd.DataFrame, dataset: str | None = None,
-                profile: str | None = None) -> tuple[pd.DataFrame, str, str]:
-    """Successful runs of one data set and profile (default: those of the latest run).
+def select_runs(df: pd.DataFrame, dataset: str | None = None, profile: str | None = None,
+                data_options: Mapping[str, Any] | None = None
+                ) -> tuple[pd.DataFrame, str, str]:
+    """Successful runs of one data set, profile and set of data options (default: those of
+    the latest run; ``data_options`` as given on the command line, the data set's defaults
+    filling the rest), so a table never averages runs on different data.
 
     Runs keyed by an older recipe (``key_version``) are left out: their configuration was
     not fully recorded, so they cannot be told apart from today's runs of the same cell."""
-    from bench.config import KEY_VERSION
+    from bench.config import KEY_VERSION, resolve_data
 
     ok = df[df["status"] == "ok"]
     if ok.empty:
@@ -51,7 +58,30 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None,
     ok = ok[ok["profile"] == profile]
     if ok.empty:
         raise ValueError(f"no successful {dataset!r} run with profile {profile!r}")
-    return ok, dataset, profile
+    if "data_options" not in ok:
+        return ok, dataset, profile
+    found = ok["data_options"].map(_option_text)
+    wanted = (found.iloc[-1] if data_options is None
+              else _option_text(resolve_data(dataset, dict(data_options))[1]))
+    chosen = ok[found == wanted]
+    others = sorted(set(found) - {wanted})
+    if chosen.empty:
+        raise ValueError(f"no successful {dataset!r} {profile} run with the data options "
+                         f"{wanted or 'of the defaults'}; stored: {'; '.join(others)}")
+    if others:
+        logger.warning("%d %s %s run(s) under other data options left out of the table (%s); "
+                       "--data-option KEY=VALUE selects them", len(ok) - len(chosen), dataset,
+                       profile, "; ".join(others))
+    return chosen, dataset, profile
+
+
+def _option_text(options: Any) -> str:
+    """Data options as one comparable line, without where the data live (not part of the
+    data: the same files by another path are the same run)."""
+    from bench.config import LOCATION_OPTIONS
+
+    opts = options if isinstance(options, dict) else {}
+    return ", ".join(f"{k}={opts[k]}" for k in sorted(opts) if k not in LOCATION_OPTIONS)
 
 
 def _column_labels(df: pd.DataFrame) -> pd.Series:

@@ -28,12 +28,14 @@ HPARAMS = {"lr": 1e-4, "batch_size": 8, "epochs": 50, "weight_decay": 0.0}
 
 def _row(model: str, combo: str, seed: int, acc: float | str | None, *, dataset: str = "adni",
          profile: str = "paper", status: str = "ok", key_version: int | None = KEY_VERSION,
-         hparams: dict | None = None, tag: str = "") -> dict:
+         hparams: dict | None = None, tag: str = "", options: dict | None = None) -> dict:
     """A stored run as the runner writes it (only the columns the comparison reads filled)."""
     return {"key": f"{dataset}-{profile}-{model}-{combo}-{seed}-{key_version}{tag}",
             "key_version": key_version, "status": status, "model": model, "dataset": dataset,
             "combo": combo, "seed": seed, "profile": profile, "split_seed": 0,
-            "hparams": hparams or HPARAMS, "data_options": {"root": "data/adni"},
+            "hparams": hparams or HPARAMS,
+            "data_options": {"eval": "complete", "root": "data/adni", "split_file": None,
+                             **(options or {})},
             "test_acc": acc, "test_f1": acc, "test_auc": acc,
             "created_at": f"2026-01-01T00:00:0{seed}+00:00"}
 
@@ -59,7 +61,9 @@ def result(tmp_path_factory):
     rows += [_row("flexmoe", "IGCB", 0, 0.1, profile="quick"),  # neither is compared
              _row("flexmoe", "IGCB", 1, 0.1, key_version=KEY_VERSION - 1),
              _row("flexmoe", "IGCB", 2, None, status="failed", tag="f"),
-             _row("flexmoe", "IGCB", 0, 0.1, dataset="synthetic-adni")]
+             _row("flexmoe", "IGCB", 0, 0.1, dataset="synthetic-adni"),
+             _row("flexmoe", "IGCB", 0, 0.1, tag="m",  # on other data: imposed missingness
+                  options={"missing": "mcar", "missing_rate": 0.4, "missing_seed": 0})]
     return against_paper(_store(tmp_path_factory.mktemp("paper") / "r.sqlite", rows))
 
 

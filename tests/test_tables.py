@@ -9,7 +9,7 @@ import pytest
 
 from bench.config import RunConfig as Cell
 from bench.presets import ABLATIONS, ADNI_COMBOS, ARTEFACTS, ArtefactCells, DatasetChoice
-from bench.tables import pivot, to_csv, to_html, to_latex, to_markdown
+from bench.tables import pivot, select_runs, to_csv, to_html, to_latex, to_markdown
 from bench.views import ablation_view, complexity_view, metric_view
 
 
@@ -28,6 +28,31 @@ def test_table_splits_a_model_only_for_settings_that_differ_on_one_combination()
     assert table.loc["IG", "tf (lr=0.001)"] == "–"
     same = pivot(pd.DataFrame(rows[:3]))
     assert list(same.columns) == ["tf"]
+
+
+def test_a_table_shows_one_set_of_data_options(caplog):
+    """Runs of one cell on different data (another missingness, another scale) are never
+    averaged: the latest run's data options by default, ``data_options`` to pick others."""
+    base = {"eval": "complete", "scale": 0.1, "seed": 0, "split_file": None}
+    mcar = {**base, "missing": "mcar", "missing_rate": 0.2, "missing_seed": 0}
+    rows = pd.DataFrame([
+        {"key": k, "status": "ok", "dataset": "synthetic-adni", "profile": "quick",
+         "model": "tf", "combo": "IG", "seed": 0, "test_acc": acc, "hparams": {},
+         "data_options": {**opts, "split_file": where}}
+        for k, acc, opts, where in (("a", 0.5, base, None), ("b", 0.7, mcar, None),
+                                    ("c", 0.6, base, "/data/split.csv"))])
+    with caplog.at_level("WARNING"):
+        latest, _, _ = select_runs(rows)
+    assert latest["key"].tolist() == ["a", "c"]  # where the data live does not split them
+    assert "1 synthetic-adni quick run(s) under other data options" in caplog.text
+    assert "missing=mcar, missing_rate=0.2, missing_seed=0" in caplog.text
+    assert pivot(latest).loc["IG", "tf"] == "55.00 ± 5.00"
+    picked, _, _ = select_runs(rows, data_options={"scale": 0.1, "missing": "mcar",
+                                                   "missing_rate": 0.2})
+    assert picked["key"].tolist() == ["b"]
+    with pytest.raises(ValueError, match="no successful 'synthetic-adni' quick run with the "
+                                         "data options eval=complete, missing=mnar"):
+        select_runs(rows, data_options={"scale": 0.1, "missing": "mnar"})
 
 
 # --- paper tables rendered from fake store rows --------------------------------------------
