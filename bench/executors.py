@@ -5,7 +5,9 @@ row (``wait``); :func:`bench.runner.run_grid` claims, writes rows and keeps prog
 
 * ``local``: in this process, one run at a time (the default).
 * ``process``: a pool of ``--jobs N`` spawned worker processes on this machine; they exit
-  when the coordinator dies, even by ``kill -9``.
+  when the coordinator dies, even by ``kill -9``. A worker that dies (killed, out of memory)
+  takes the pool down with every run in flight: those runs go again one at a time in a new
+  pool, so the run that kills its worker alone is stored as failed and the others finish.
 * ``slurm`` (:mod:`bench.cluster`): one SLURM job array through submitit, one task per
   cell (``--slurm-*`` options; job logs in ``<store>.slurm/``). ``--slurm-cluster local``
   runs the same array as local processes (submitit's local executor), to try a set-up
@@ -38,6 +40,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -199,36 +202,79 @@ class LocalExecutor(Executor):
 
 class ProcessExecutor(Executor):
     """A pool of ``jobs`` spawned worker processes, each with ``threads`` torch threads
-    (cores ÷ jobs: :meth:`bench.execution.Options.run_threads`)."""
+    (cores ÷ jobs: :meth:`bench.execution.Options.run_threads`).
+
+    When a worker dies the pool breaks and every run in flight with it, with no way to tell
+    which one killed it: they become *suspects*, rerun one at a time in a fresh pool (nothing
+    else is submitted meanwhile). A suspect that breaks the pool alone gets a failed row;
+    the others finish as they would have."""
 
     name = "process"
 
     def __init__(self, store: ResultStore, device: str, jobs: int, threads: int) -> None:
         super().__init__(store, device)
         self.jobs, self.threads = jobs, threads
-        self._pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
-                                         initializer=_exit_with_parent,
-                                         initargs=(os.getpid(),))
-        self._running: dict[Future, RunConfig] = {}
+        self._pool = self._new_pool()
+        self._running: dict[Future, tuple[RunConfig, str | None]] = {}
+        self._suspects: Batch = []
+        self._alone = False  # the runs in flight are one suspect, run alone
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
 
     def room(self) -> int:
-        return self.jobs - len(self._running)
+        return 0 if self._isolating() else self.jobs - len(self._running)
+
+    def _isolating(self) -> bool:
+        return bool(self._suspects) or (bool(self._running) and self._alone)
 
     def in_flight(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._suspects)
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch, alone: bool = False) -> None:
+        self._alone = alone
         for cell, token in batch:
-            self._running[self._pool.submit(run_task, self.task(cell, token,
-                                                                self.threads))] = cell
+            task = self.task(cell, token, self.threads)
+            self._running[self._pool.submit(run_task, task)] = (cell, token)
 
     def wait(self) -> Finished:
-        finished, _ = wait(self._running, return_when=FIRST_COMPLETED)
-        return [(self._running.pop(fut), fut.result()) for fut in finished]
+        out: Finished = []
+        while not out:
+            if not self._running:
+                self.submit([self._suspects.pop(0)], alone=True)
+            finished, _ = wait(self._running, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                cell, token = self._running.pop(fut)
+                try:
+                    out.append((cell, fut.result()))
+                except BrokenProcessPool:
+                    broken = True
+                    if self._alone:
+                        out.append((cell, runner.failure_row(
+                            cell, "its worker process died while it trained (killed by a "
+                            "signal or out of memory?); it ran alone, so it is the cause")))
+                    else:
+                        self._suspects.append((cell, token))
+            if broken:
+                self._restart()
+        return out
+
+    def _restart(self) -> None:
+        """A fresh pool; the runs the broken one still held become suspects."""
+        self._suspects += list(self._running.values())
+        self._running.clear()
+        if self._suspects:
+            logger.warning("a worker process died: %d run(s) that were in flight go again one "
+                           "at a time to find the one that killed it", len(self._suspects))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
 
     def cancel(self) -> None:
         for fut in self._running:
             fut.cancel()
+        self._suspects.clear()
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)

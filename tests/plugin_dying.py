@@ -1,4 +1,4 @@
-"""Test plug-in: a TF copy that kills its process the first time it trains."""
+"""Test plug-ins: TF copies that kill their process the first time they train, or always."""
 
 import os
 from pathlib import Path
@@ -17,3 +17,11 @@ class DiesOnce(TensorFusion):
             flag.touch()
             os._exit(3)
         return super().forward(batch)
+
+
+@register_model("always-dies")
+class AlwaysDies(TensorFusion):
+    """Exits the whole process (no cleanup) on every forward, as a run killed for memory."""
+
+    def forward(self, batch):
+        os._exit(9)

@@ -82,6 +82,24 @@ def test_process_pool_gives_the_same_rows(tmp_path):
             assert row[k] == pooled[key][k], k
 
 
+def test_a_run_that_kills_its_worker_fails_alone_and_the_others_finish(tmp_path):
+    """A dead worker breaks the pool and every run in flight: those rerun one at a time, so
+    only the run that kills its worker is stored as failed."""
+    import tests.plugin_dying  # noqa: F401  (registers always-dies here and in the workers)
+
+    cells = _grid(models=["tf", "always-dies"], seeds=[0, 1], plugins=["tests.plugin_dying"])
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        rows = run_grid(cells, store, jobs=2, progress=False)
+        stored = store.load()
+    status = {(r["model"], r["seed"]): r["status"] for r in rows}
+    assert status == {("tf", 0): "ok", ("tf", 1): "ok", ("always-dies", 0): "failed",
+                      ("always-dies", 1): "failed"}
+    for r in rows:
+        if r["status"] == "failed":
+            assert "worker process died while it trained" in r["error"]
+    assert len(stored) == 4
+
+
 def test_progress_counts_epochs_and_names_the_current_run(tmp_path, capsys):
     cells = _grid(overrides={"epochs": 3})
     seen = []
