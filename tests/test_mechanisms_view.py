@@ -61,6 +61,24 @@ def test_the_dataset_is_the_one_named_else_mfeat():
         "synthetic-mimic"
 
 
+def test_the_default_is_mfeats_three_narrowest_views_and_a_named_mfeat_has_all(monkeypatch):
+    monkeypatch.setattr(presets.registry, "list_models", lambda: MODELS)
+    default = presets.assign_datasets(select("mechanisms"), [])["any"]
+    assert default.options == {"modalities": "KZM"}
+    ac = presets.artefact_cells(ARTEFACTS["mechanisms"], default, "smoke")
+    assert {c.combo for c in ac.cells} == {"KZM"}
+    assert all(c.data_options["modalities"] == "KMZ" for c in ac.cells)
+    view = mechanisms_view.mechanisms_view(ac, _store(ac), "smoke")
+    assert "by default its views K, Z, M alone (modalities=KZM" in view.caption
+    assert "modalities=KMZ" in view.caption  # every run's shared data options
+    named = presets.assign_datasets(select("mechanisms"), ["mfeat"])["any"]
+    full = presets.artefact_cells(ARTEFACTS["mechanisms"], named, "smoke")
+    assert {c.combo for c in full.cells} == {"FAKPZM"}
+    mine = presets.artefact_cells(ARTEFACTS["mechanisms"], default, "smoke",
+                                  options={"modalities": "FA"})  # the user's options win
+    assert {c.combo for c in mine.cells} == {"FA"}
+
+
 def test_rate_zero_runs_are_the_runs_without_imposed_missingness(monkeypatch):
     monkeypatch.setattr(presets.registry, "list_models", lambda: MODELS)
     ac = presets.artefact_cells(ARTEFACTS["mechanisms"], DatasetChoice("synthetic-adni", False),
