@@ -234,9 +234,14 @@ class ProcessExecutor(Executor):
 
     def submit(self, batch: Batch, alone: bool = False) -> None:
         self._alone = alone
-        for cell, token in batch:
-            task = self.task(cell, token, self.threads)
-            self._running[self._pool.submit(run_task, task)] = (cell, token)
+        for i, (cell, token) in enumerate(batch):
+            try:
+                future = self._pool.submit(run_task, self.task(cell, token, self.threads))
+            except BrokenProcessPool:  # a worker died since the last wait, unseen till now
+                self._restart()
+                self._suspects += batch[i:]  # not started: innocent, but they wait their turn
+                return
+            self._running[future] = (cell, token)
 
     def wait(self) -> Finished:
         out: Finished = []
@@ -262,9 +267,11 @@ class ProcessExecutor(Executor):
         return out
 
     def _restart(self) -> None:
-        """A fresh pool; the runs the broken one still held become suspects."""
-        self._suspects += list(self._running.values())
-        self._running.clear()
+        """A fresh pool; the runs the broken one still held become suspects (those that
+        finished before it broke stay, to be collected)."""
+        held = {f: c for f, c in self._running.items() if not _finished_well(f)}
+        self._suspects += list(held.values())
+        self._running = {f: c for f, c in self._running.items() if f not in held}
         if self._suspects:
             logger.warning("a worker process died: %d run(s) that were in flight go again one "
                            "at a time to find the one that killed it", len(self._suspects))
@@ -279,6 +286,10 @@ class ProcessExecutor(Executor):
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         self._pool.shutdown(cancel_futures=True)
+
+
+def _finished_well(future: Future) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def make_executor(options: Options, store: ResultStore, device: str,

@@ -100,6 +100,32 @@ def test_a_run_that_kills_its_worker_fails_alone_and_the_others_finish(tmp_path)
     assert len(stored) == 4
 
 
+def test_a_pool_found_broken_at_submit_restarts_and_runs_the_batch(tmp_path):
+    """A worker can die between a wait and the next submit: the pool refuses the batch, so
+    the executor starts a fresh one and runs those cells (one at a time) instead of raising."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bench.executors import ProcessExecutor
+
+    class Broken:
+        def submit(self, *args, **kwargs):
+            raise BrokenProcessPool("a child process terminated abruptly")
+
+        def shutdown(self, **kwargs):
+            pass
+
+    cells = _grid(seeds=[0, 1])
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        with ProcessExecutor(store, "cpu", jobs=2, threads=1) as pool:
+            pool._pool.shutdown()
+            pool._pool = Broken()
+            pool.submit([(cell, None) for cell in cells])
+            assert pool.in_flight() == 2 and pool.room() == 0
+            rows = [row for _ in cells for _, row in pool.wait()]
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    assert all(r["status"] == "ok" for r in rows)
+
+
 def test_progress_counts_epochs_and_names_the_current_run(tmp_path, capsys):
     cells = _grid(overrides={"epochs": 3})
     seen = []
