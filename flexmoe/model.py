@@ -116,8 +116,11 @@ class FlexMoE(BenchModel):
         tokens = self.tokenizer(batch)
         x = torch.stack([tokens[c] for c in self.spec.letters], dim=1)  # [B, M, P, H]
         if self.bank is not None:
-            # one gather of every (combination, run modality) block; observed ones are discarded
-            fill = self.bank[batch.combo.clamp(min=0).unsqueeze(1), self.bank_index]
+            # one gather of every (combination, run modality) block; observed ones are discarded.
+            # index_select, not advanced indexing: its backward adds the rows in batch order,
+            # where advanced indexing's adds them with atomics across threads on CPU, so a
+            # multi-threaded run's bank gradient, and result, varied from run to run.
+            fill = self.bank[:, self.bank_index].index_select(0, batch.combo.clamp(min=0))
             x = torch.where(batch.observed[:, :, None, None], x, fill)
         return x.flatten(1, 2) + self.pos_embed
 

@@ -103,3 +103,35 @@ def test_deterministic_under_seed(name, views):
         outs.append((logits.detach(), aux.detach()))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_gradients_are_bit_identical_across_repeats_with_two_threads(name, adni):
+    """A seeded run must give the same numbers every time at any thread count; an op whose
+    multi-threaded CPU kernel adds with atomics (e.g. advanced indexing's backward with
+    repeated indices) breaks that. 64 patients of the commonest partial combination, so
+    indices repeat."""
+    data = adni.restrict("IGCB")
+    train = data.splits["train"]
+    partial = train[~data.observed.index_select(0, train).all(1)]
+    combos = data.combo.index_select(0, partial)
+    batch = data.batch(partial[combos == combos.mode().values][:64])
+    assert len(batch) == 64
+    model = _build(name, data).train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(6):
+            torch.manual_seed(11)
+            model.zero_grad(set_to_none=True)
+            logits, aux = model(batch)
+            (F.cross_entropy(logits, batch.y) + aux).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.grad is not None})
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert other.keys() == grads[0].keys()
+        differ = [n for n in other if not torch.equal(other[n], grads[0][n])]
+        assert not differ, f"gradients differ between identical passes: {differ}"
