@@ -21,15 +21,15 @@ logger = logging.getLogger("bench")
 
 def _settings(runs: Any) -> str:
     """The data options and training settings the runs share (or their range), for a header."""
-    from bench.config import LOCATION_OPTIONS
+    from bench.config import data_identity
 
     def values(series: Any) -> str:
         found = sorted({v if isinstance(v, str) else json.dumps(v, sort_keys=True)
                         for v in series})
         return "/".join(found)
 
-    options = {k: v for opts in runs["data_options"] for k, v in (opts or {}).items()
-               if v is not None and k not in LOCATION_OPTIONS}
+    options = {k: v for opts in runs["data_options"] for k, v in data_identity(opts).items()
+               if v is not None}
     data = ", ".join(f"{k}={values(o.get(k) for o in runs['data_options'])}" for k in options)
     hp = runs["hparams"]
     train = ", ".join(f"{label} {values(h.get(key) for h in hp)}" for key, label in (

@@ -48,6 +48,14 @@ DATA_RANGES = {"scale": POSITIVE, "seed": NON_NEGATIVE, "missing_rate": PROBABIL
                "missing_seed": NON_NEGATIVE}
 
 
+def data_identity(options: Any) -> dict[str, Any]:
+    """The data options that say what the data are, i.e. all but :data:`LOCATION_OPTIONS`
+    (the same files by another path are the same run); ``{}`` for a row without options."""
+    if not isinstance(options, dict):
+        return {}
+    return {k: v for k, v in options.items() if k not in LOCATION_OPTIONS}
+
+
 def _loader_name(dataset: str) -> str:
     return "folder" if dataset.startswith("folder:") else dataset
 
@@ -186,8 +194,7 @@ class RunConfig:
         """Everything the key hashes."""
         return {"v": KEY_VERSION, "model": self.model, "hparams": self.hparams,
                 "dataset": _loader_name(self.dataset),
-                "data_options": {k: v for k, v in self.data_options.items()
-                                 if k not in LOCATION_OPTIONS},
+                "data_options": data_identity(self.data_options),
                 "data_digest": self.data_digest, "split_seed": self.split_seed,
                 "split_digest": self.split_digest, "combo": self.combo, "seed": self.seed,
                 "profile": self.profile}

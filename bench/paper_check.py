@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 from tabulate import tabulate
 
-from bench.config import KEY_VERSION, LOCATION_OPTIONS
+from bench.config import KEY_VERSION, data_identity
 from bench.presets import ARTEFACTS, MODEL_LABELS, REAL, Artefact, model_label
 from bench.tables import mean_std, select_runs
 from bench.views import published
@@ -174,10 +174,9 @@ def _welch(values: np.ndarray, paper_mean: float, paper_std: float
 def _settings(row: pd.Series) -> str:
     """Everything besides the seed that tells two runs of one cell apart, as JSON."""
     hparams = row["hparams"] if isinstance(row.get("hparams"), dict) else {}
-    options = row["data_options"] if isinstance(row.get("data_options"), dict) else {}
+    options = data_identity(row.get("data_options"))
     split = row.get("split_seed")
-    return json.dumps({**hparams, **{f"data {k}": v for k, v in options.items()
-                                     if k not in LOCATION_OPTIONS},
+    return json.dumps({**hparams, **{f"data {k}": v for k, v in options.items()},
                        "split_seed": None if pd.isna(split) else int(split)},
                       sort_keys=True, default=str)
 

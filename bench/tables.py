@@ -76,12 +76,11 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, profile: str | Non
 
 
 def _option_text(options: Any) -> str:
-    """Data options as one comparable line, without where the data live (not part of the
-    data: the same files by another path are the same run)."""
-    from bench.config import LOCATION_OPTIONS
+    """Data options as one comparable line, without where the data live."""
+    from bench.config import data_identity
 
-    opts = options if isinstance(options, dict) else {}
-    return ", ".join(f"{k}={opts[k]}" for k in sorted(opts) if k not in LOCATION_OPTIONS)
+    opts = data_identity(options)
+    return ", ".join(f"{k}={opts[k]}" for k in sorted(opts))
 
 
 def _column_labels(df: pd.DataFrame) -> pd.Series:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.config import LOCATION_OPTIONS
+from bench.config import data_identity
 from bench.context import CONTEXT, context_metric
 from bench.presets import ABLATIONS, MODEL_LABELS, ArtefactCells, model_label
 from bench.profiles import get_profile
@@ -95,12 +95,10 @@ def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "
     e.g. ``missing``, says so in ``extra``), profile, seeds, epochs, device and code version
     of the runs shown."""
     ok = frame[frame["status"] == "ok"]
-    cell = ac.cells[0] if ac.cells else None
-    options = ", ".join(f"{k}={v}" for k, v in sorted((cell.data_options if cell else {})
-                                                       .items())
-                        if v is not None and k not in LOCATION_OPTIONS
-                        and all(k in c.data_options and c.data_options[k] == v
-                                for c in ac.cells))
+    first = data_identity(ac.cells[0].data_options) if ac.cells else {}
+    options = ", ".join(f"{k}={v}" for k, v in sorted(first.items())
+                        if v is not None and all(k in c.data_options and c.data_options[k] == v
+                                                 for c in ac.cells))
     data = ac.dataset.name + (f" ({options})" if options else "")
     if ac.dataset.note:
         data += f" — {ac.dataset.note}"
