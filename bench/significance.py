@@ -230,6 +230,12 @@ def cd_diagram(result: Significance) -> Figure:
                                        label_fmt_left="{label} ({rank:.2f})",
                                        label_fmt_right="({rank:.2f}) {label}",
                                        color_palette=palette(result.models))
+        # the whole rank scale, 1 to k, as in Demšar's diagram (the library autoscales to
+        # the ranks present, which hides how close the best model is to rank 1)
+        k = len(result.models)
+        low, high = ax.get_xlim()
+        ax.set_xlim(min(low, 1), max(high, k))
+        ax.set_xticks(range(1, k + 1))
         ax.set_xlabel("mean rank over combinations (1 = best)")
         ax.xaxis.set_label_position("top")
     return fig

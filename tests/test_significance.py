@@ -126,6 +126,22 @@ def test_cd_diagram_shows_every_model_with_its_mean_rank(tmp_path):
     assert fig.axes[0].get_xlabel()
 
 
+def test_cd_diagram_axis_spans_every_rank_even_when_no_model_reaches_them():
+    """A and B share first place (mean rank 1.5), C and D share third (3.5): the axis still
+    runs from rank 1 to rank 4, so a reader sees how far the best is from 1."""
+    blocks = 10
+    first = [0.9 if b % 2 else 0.8 for b in range(blocks)]
+    second = [0.8 if b % 2 else 0.9 for b in range(blocks)]
+    third = [0.5 if b % 2 else 0.4 for b in range(blocks)]
+    fourth = [0.4 if b % 2 else 0.5 for b in range(blocks)]
+    result = significance.compare(_tidy({"A": first, "B": second, "C": third, "D": fourth}))
+    assert set(result.mean_ranks) == {1.5, 3.5}
+    ax = significance.cd_diagram(result).axes[0]
+    assert list(ax.get_xticks()) == [1, 2, 3, 4]
+    low, high = ax.get_xlim()
+    assert low <= 1 and high >= 4
+
+
 def test_report_nests_subsections_one_heading_level_down(tmp_path):
     panel = Section("t1-significance", "Significance across combinations", "the caption",
                     notes=["a finding"])
