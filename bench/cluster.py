@@ -18,6 +18,7 @@ from bench import runner
 from bench.config import RunConfig
 from bench.execution import RayOptions, SlurmOptions, require
 from bench.executors import Batch, Executor, Finished, Task, run_task
+from bench.receipts import receipt_path
 from bench.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class SlurmExecutor(Executor):
         while True:
             finished = []
             for key, (job, cell) in list(self._jobs.items()):
-                receipt = self.store.receipts_dir / f"{key}.json"
+                receipt = receipt_path(self.store.receipts_dir, key)
                 if receipt.is_file():
                     finished.append((cell, json.loads(receipt.read_text())))
                 elif job.done():

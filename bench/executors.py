@@ -52,7 +52,8 @@ from bench import runner
 from bench.claims import Coordinator
 from bench.config import RunConfig
 from bench.execution import Options
-from bench.store import ResultStore, write_receipt
+from bench.receipts import write_receipt
+from bench.store import ResultStore
 
 logger = logging.getLogger(__name__)
 

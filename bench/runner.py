@@ -28,6 +28,7 @@ from bench.complexity import count_params, forward_flops, fvcore_macs
 from bench.config import KEY_VERSION, RunConfig, load_data
 from bench.data.core import RunData
 from bench.execution import Options
+from bench.receipts import receipt_path
 from bench.resources import checkout_root
 from bench.robustness import test_time_metrics
 from bench.store import Claim, ResultStore
@@ -230,7 +231,7 @@ class _Grid:
             return
         self.coordinator.finish(row)
         self.rows.append(row)
-        (self.store.receipts_dir / f"{row['key']}.json").unlink(missing_ok=True)
+        receipt_path(self.store.receipts_dir, row["key"]).unlink(missing_ok=True)
         # the rest of a failed run
         self.bar.update(self.epochs[row["key"]] - self.counted.get(row["key"], 0))
         self.bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed {row['seed']} "

@@ -5,9 +5,10 @@ Guarantees:
 * Durable rows: only the coordinating process writes, one ``BEGIN IMMEDIATE`` transaction
   per row, with SQLite's default rollback journal (WAL breaks on network file systems).
   Workers (a process pool's, a SLURM array's, Ray's) also leave an atomic JSON receipt in
-  ``<store>.receipts/``, ingested by their coordinator as they arrive or by the next run or
-  ``status``, so a dead or detached coordinator loses nothing; a receipt that cannot become
-  a row is logged and kept as ``*.rejected``, never blocking the others.
+  ``<store>.receipts/`` (:mod:`bench.receipts`), ingested by their coordinator as they
+  arrive or by the next run or ``status``, so a dead or detached coordinator loses nothing;
+  a receipt that cannot become a row is logged and kept as ``*.rejected``, never blocking
+  the others.
 * Concurrent opening: the schema is created, or an older one extended (columns added, never
   dropped), in one ``BEGIN IMMEDIATE`` transaction that re-reads what is there, so any
   number of processes may open the same new or old store at once.
@@ -53,7 +54,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -62,6 +62,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
+
+from bench import receipts
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ class ResultStore:
 
     @property
     def receipts_dir(self) -> Path:
-        return self.path.with_name(self.path.name + ".receipts")
+        return receipts.receipts_dir(self.path)
 
     def _cannot_create(self, reason: str) -> StoreError:
         return StoreError(f"cannot create results store at {self.path}: {reason}; pass --store "
@@ -401,55 +403,21 @@ class ResultStore:
 
     def write_receipt(self, row: dict[str, Any]) -> Path:
         """Atomically leave ``row`` as JSON beside the store (a worker's safety copy)."""
-        return write_receipt(self.receipts_dir, row)
+        return receipts.write_receipt(self.receipts_dir, row)
 
     def _receipt(self, key: str) -> Path:
-        return self.receipts_dir / f"{key}.json"
+        return receipts.receipt_path(self.receipts_dir, key)
 
     def pending_receipts(self) -> list[Path]:
-        """Receipts waiting to be ingested (workers' ``.tmp-*`` files in progress aside)."""
-        if not self.receipts_dir.is_dir():
-            return []
-        return sorted(p for p in self.receipts_dir.glob("*.json") if not p.name.startswith("."))
+        """Receipts waiting to be ingested (:func:`bench.receipts.pending`)."""
+        return receipts.pending(self.receipts_dir)
 
     def ingest_receipts(self, keys: Iterable[str] | None = None) -> int:
-        """Move worker receipts (all, or those of ``keys``) into the store; return how many.
-
-        A receipt that cannot become a row (not JSON, not an object, no "key", an unknown
-        column or value) is logged and renamed ``<name>.rejected`` in the same folder: kept
-        for a person to fix (rename it back to ``.json``), never retried, never blocking the
-        rest. An unreadable one is logged and left in place; workers' ``.tmp-*`` files in
-        progress are not touched.
-        """
+        """Move worker receipts (all, or those of ``keys``) into the store; return how many
+        (:func:`bench.receipts.ingest`: a bad one is kept as ``*.rejected``, never retried)."""
         paths = self.pending_receipts() if keys is None else \
             [p for p in map(self._receipt, keys) if p.is_file()]
-        n = 0
-        for path in paths:
-            try:
-                row = json.loads(path.read_text())
-                if not isinstance(row, dict) or not isinstance(row.get("key"), str) \
-                        or not row["key"]:
-                    raise ValueError("expected a JSON object with a non-empty 'key' string")
-                self.write(row)
-            except FileNotFoundError:  # another coordinator ingested it meanwhile
-                continue
-            except OSError as exc:
-                logger.warning("skipping unreadable receipt %s (left in place): %s", path, exc)
-                continue
-            except (ValueError, TypeError, sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
-                self._reject(path, exc)
-                continue
-            path.unlink(missing_ok=True)
-            n += 1
-        return n
-
-    def _reject(self, path: Path, why: Exception) -> None:
-        target = path.with_name(path.name + ".rejected")
-        try:
-            os.replace(path, target)
-        except OSError:
-            target = path
-        logger.warning("skipped receipt %s: %s; kept as %s", path, why, target)
+        return receipts.ingest(paths, self.write)
 
     def load(self) -> pd.DataFrame:
         """All runs as a DataFrame, JSON columns decoded and hyper-parameters as columns."""
@@ -467,19 +435,6 @@ class ResultStore:
         hp = pd.json_normalize(df["hparams"].tolist()) if len(df) else pd.DataFrame()
         hp.columns = [f"hp_{c}" if c in df.columns else c for c in hp.columns]
         return pd.concat([df, hp.set_index(df.index)], axis=1)
-
-
-def write_receipt(folder: Path, row: dict[str, Any]) -> Path:
-    """Write ``row`` to ``folder/<key>.json`` via a temporary file, so no reader sees half."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{row['key']}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(row, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    return target
 
 
 def load_results(path: str | Path | None = None) -> pd.DataFrame:

@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from bench.store import ResultStore, StoreError, load_results, write_receipt
+from bench.receipts import write_receipt
+from bench.store import ResultStore, StoreError, load_results
 
 
 def _row(key="k1", status="ok", **extra):

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from bench.config import KEY_VERSION
-from bench.store import COLUMNS, JSON_COLUMNS, ResultStore, StoreError, load_results, write_receipt
+from bench.receipts import write_receipt
+from bench.store import COLUMNS, JSON_COLUMNS, ResultStore, StoreError, load_results
 
 #: The ``runs`` columns of a store written by an earlier version (before key_version, config,
 #: metric_notes and the fvcore columns existed).
@@ -256,7 +257,7 @@ def test_bad_receipts_are_skipped_kept_and_named(tmp_path, caplog):
         (folder / "not-json.json").write_text("{truncated")
         in_progress = folder / ".tmp-abc.json"  # a worker still writing it
         in_progress.write_text("{")
-        with caplog.at_level(logging.WARNING, "bench.store"):
+        with caplog.at_level(logging.WARNING, "bench.receipts"):
             assert store.ingest_receipts() == 2
         assert store.done_keys() == {"a", "z"}
         for name in [*bad, "not-json"]:
@@ -265,7 +266,7 @@ def test_bad_receipts_are_skipped_kept_and_named(tmp_path, caplog):
         assert in_progress.read_text() == "{"
         assert sorted(p.name for p in folder.glob("*.json")) == [".tmp-abc.json"]
         caplog.clear()
-        with caplog.at_level(logging.WARNING, "bench.store"):
+        with caplog.at_level(logging.WARNING, "bench.receipts"):
             assert store.ingest_receipts() == 0  # rejected ones are not retried every run
         assert not caplog.text
 
