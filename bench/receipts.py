@@ -33,12 +33,12 @@ def receipt_path(folder: Path, key: str) -> Path:
 def write_receipt(folder: Path, row: dict[str, Any]) -> Path:
     """Write ``row`` to its receipt in ``folder`` via a temporary file, so no reader sees half."""
     folder.mkdir(parents=True, exist_ok=True)
+    target = receipt_path(folder, row["key"])  # before the temporary file: no key, no orphan
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(row, fh, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    target = receipt_path(folder, row["key"])
     os.replace(tmp, target)
     return target
 
