@@ -1,5 +1,5 @@
 """Command line: ``run``, ``status``, ``list``, ``table``, ``perf``, ``reproduce``,
-``report`` (``run_bench.py``, ``flexmoe-bench``)."""
+``report``, ``check``, ``prepare`` (``run_bench.py``, ``flexmoe-bench``)."""
 
 from __future__ import annotations
 
@@ -279,6 +279,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from bench.prepare.summary import summary
+
+    common = {"split_seed": args.split_seed, "val_frac": args.val_frac,
+              "test_frac": args.test_frac}
+    if args.family == "adni":
+        from bench.prepare.adni import prepare_adni
+
+        manifest = prepare_adni(args.raw, args.out, fixes=args.fix, skip=args.skip,
+                                chain=args.chain, **common)
+    else:
+        from bench.prepare.mimic import prepare_mimic
+
+        manifest = prepare_mimic(args.raw, args.out, embedder=args.embedder,
+                                 note_dim=args.note_dim, lab_items=args.lab_items,
+                                 min_code_count=args.min_code_count, **common)
+    print(summary(args.family, args.out, manifest))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     return _reproduce(args, train=False)
 
@@ -295,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             registry.load_plugin(module)
         commands = {"run": cmd_run, "status": cmd_status, "list": cmd_list, "table": cmd_table,
                     "perf": cmd_perf, "reproduce": cmd_reproduce, "report": cmd_report,
-                    "check": cmd_check}
+                    "check": cmd_check, "prepare": cmd_prepare}
         return commands[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, ImportError, StoreError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

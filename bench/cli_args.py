@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--table", default="all", metavar="N",
                         help="which tables and figures (default: all)")
 
+    add_prepare_arguments(sub, common)
     check = sub.add_parser(
         "check", parents=[common, store], help="regression check against results/reference/",
         description="Train the ci grid (every model but the ablation variants on "
@@ -203,3 +204,52 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: compare the store's runs on the real adni / mimic data "
                        "with the paper's published numbers (results/paper/)")
     return parser
+
+
+def add_prepare_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``prepare adni`` and ``prepare mimic``: raw downloads → the loaders' folders."""
+    prepare = sub.add_parser(
+        "prepare", parents=[common], help="turn raw ADNI / MIMIC-IV downloads into data folders",
+        description="Build, from the raw downloads, the folder the adni or mimic data set "
+        "reads, with a manifest (inputs' digests, options, versions) and the split. A second "
+        "prepare on the same inputs reuses its finished steps; an interrupted one leaves no "
+        "folder a loader accepts. See docs/PREPARE.md.")
+    which = prepare.add_subparsers(dest="family", required=True)
+    for family, raw_help in (("adni", "the folder holding the ADNI downloads (DXSUM, the "
+                                      "clinical and biospecimen tables, PLINK sets, image "
+                                      "outputs), searched recursively"),
+                             ("mimic", "the MIMIC-IV folder holding hosp/ and note/")):
+        one = which.add_parser(family, parents=[common], help=f"prepare {family}")
+        one.add_argument("--raw", type=Path, required=True, help=raw_help)
+        one.add_argument("--out", type=Path, required=True,
+                         help="the folder to write (created; a previous preparation there is "
+                         "replaced only once the new one is complete)")
+        one.add_argument("--split-seed", type=int, default=0, help="seed of the split (0)")
+        one.add_argument("--val-frac", type=float, default=0.15,
+                         help="validation share of all participants (0.15)")
+        one.add_argument("--test-frac", type=float, default=0.15,
+                         help="test share of all participants (0.15)")
+        if family == "adni":
+            from bench.prepare.quirks import MODALITIES, QUIRKS
+
+            one.add_argument("--fix", action="append", default=[], metavar="QUIRK",
+                             help="correct a quirk of the released scripts (repeatable; "
+                             f"'all' for every one): {', '.join(QUIRKS)}. Default: each is "
+                             "reproduced")
+            one.add_argument("--skip", action="append", default=[], metavar="MODALITY",
+                             help=f"leave a modality out (repeatable): {', '.join(MODALITIES)}")
+            one.add_argument("--chain", type=Path, default=None,
+                             help="UCSC chain file to lift the SNP positions over (the "
+                             "released notebook: hg18ToHg38.over.chain.gz); without it "
+                             "positions stay as downloaded")
+        else:
+            one.add_argument("--embedder", default="tfidf",
+                             help="note embedding: tfidf (TF-IDF + truncated SVD, offline; "
+                             "default) or sentence-transformers:NAME_OR_PATH")
+            one.add_argument("--note-dim", type=int, default=768,
+                             help="dimension of the TF-IDF note embedding (768)")
+            one.add_argument("--lab-items", type=int, default=50,
+                             help="how many of the most frequent lab items (50)")
+            one.add_argument("--min-code-count", type=int, default=5,
+                             help="an ICD-9 code joins the vocabulary when this many "
+                             "patients have it (5)")
