@@ -39,7 +39,7 @@ def find_image_inputs(raw: Path) -> list[Path]:
     maps = sorted(raw.rglob(f"*{RAVENS_SUFFIX}"))
     if not maps:
         return []
-    atlas = find_one(raw, ("*muse_seg*.nii.gz",), "the atlas of the RAVENS maps (e.g. "
+    atlas = find_one(raw, ("*muse_seg_DS*.nii.gz",), "the atlas of the RAVENS maps (e.g. "
                      "BLSA_SPGR+MPRAGE_averagetemplate_muse_seg_DS222.nii.gz)")
     return [atlas, *maps]
 

@@ -127,6 +127,8 @@ def _link_atomic(source: Path, target: Path) -> None:
     """``target`` becomes a hard link to ``source`` (a copy across file systems), never a
     half-written file."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(source, target):
+        return  # rename() between two links of one file would do nothing
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:
