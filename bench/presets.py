@@ -252,14 +252,16 @@ def choose_dataset(family: str, explicit: str | None = None) -> DatasetChoice:
     return DatasetChoice(SYNTHETIC[family], False, note, problem)
 
 
-def assign_datasets(artefacts: list[Artefact], names: list[str]) -> dict[str, DatasetChoice]:
+def assign_datasets(artefacts: list[Artefact], names: list[str],
+                    options: dict[str, Any] | None = None) -> dict[str, DatasetChoice]:
     """Family → data set: each ``--dataset`` goes to the artefacts of its family (a data set
     of another family, e.g. ``folder:PATH``, to all of them) and to those that run on any
-    data set (the last one named wins); the rest are chosen."""
+    data set (the last one named wins); the rest are chosen. ``options`` are the user's data
+    options (``root=`` of a prepared folder is needed to load ``adni`` / ``mimic``)."""
     families = list(dict.fromkeys(a.family for a in artefacts))
     given: dict[str, str] = {}
     for name in names:
-        family = load_data(name).family
+        family = load_data(name, options).family
         targets = [family] if family in REAL else families
         targets += [ANY] if ANY in families else []
         if family in REAL and family not in families and ANY not in families:

@@ -60,7 +60,7 @@ def plan(artefacts: list[presets.Artefact], profile: str, datasets: list[str] | 
          overrides: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
          seeds: list[int] | None = None) -> list[ArtefactCells]:
     """Every artefact's cells; fails before any training on a bad name, letter or setting."""
-    choice = presets.assign_datasets(artefacts, list(datasets or []))
+    choice = presets.assign_datasets(artefacts, list(datasets or []), options)
     return [presets.artefact_cells(a, choice[a.family], profile, overrides, options, seeds)
             for a in artefacts]
 
