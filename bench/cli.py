@@ -294,7 +294,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
         manifest = prepare_mimic(args.raw, args.out, embedder=args.embedder,
                                  note_dim=args.note_dim, lab_items=args.lab_items,
-                                 min_code_count=args.min_code_count, **common)
+                                 min_code_count=args.min_code_count,
+                                 in_hospital_deaths=args.in_hospital_deaths, **common)
     print(summary(args.family, args.out, manifest))
     return 0
 

@@ -253,3 +253,7 @@ def add_prepare_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
             one.add_argument("--min-code-count", type=int, default=5,
                              help="an ICD-9 code joins the vocabulary when this many "
                              "patients have it (5)")
+            one.add_argument("--in-hospital-deaths", choices=["exclude", "keep"],
+                             default="exclude", help="patients who die during their last "
+                             "admission: left out (default; their label is known at "
+                             "discharge) or kept with label 1")
