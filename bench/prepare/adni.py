@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.data import official
-from bench.data.digest import file_digest, files_digest
+from bench.data.digest import file_digest
 from bench.prepare import adni_image, adni_tables, genomic
 from bench.prepare.output import (
     VERSION,
@@ -33,8 +32,8 @@ from bench.prepare.split import write_split
 
 logger = logging.getLogger(__name__)
 
-MANAGED = official.FILES["adni"] + ("clinical/clinical_merged.csv",
-                                    "biospecimen/biospecimen_merged.csv")
+#: Files written beside the loader's (which reads the _mean ones).
+UNFILLED = ("clinical/clinical_merged.csv", "biospecimen/biospecimen_merged.csv")
 
 
 def check_names(given: Iterable[str], known: Iterable[str], option: str) -> frozenset[str]:
@@ -68,7 +67,7 @@ def prepare_adni(raw: Path, out: Path, *, fixes: Iterable[str] = (),
     if chain is not None and not Path(chain).is_file():
         raise FileNotFoundError(f"--chain {chain} does not exist; expected a UCSC chain file "
                                 "(e.g. hg18ToHg38.over.chain.gz)")
-    ws = Workspace(out, MANAGED, "label.csv")
+    ws = Workspace(out, "adni", "label.csv", UNFILLED)
     fix_key = sorted(fixes)
     dx_path = adni_tables.find_table(raw, adni_tables.DIAGNOSIS)
     inputs, files, covered, details = [dx_path], {}, {}, {}
@@ -185,8 +184,6 @@ def prepare_adni(raw: Path, out: Path, *, fixes: Iterable[str] = (),
                    "per_modality": {m: int(c) for m, c in zip(order, observed.sum(0))},
                    "every_modality": int(observed.all(1).sum())},
         "details": details, "reused_steps": ws.reused,
-        "data_digest": files_digest((n, p) for n, p in files.items()
-                                    if n in official.FILES["adni"]),
     }
     return ws.place(files, manifest)
 

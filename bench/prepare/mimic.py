@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 
 from bench.data import official
-from bench.data.digest import files_digest
 from bench.prepare import notes
 from bench.prepare.mimic_tables import TABLES, examples, read_table, unmatched, whole
 from bench.prepare.output import VERSION, Workspace, describe_inputs, library_versions, stamp
@@ -35,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "flexmoe-bench prepared mimic"
 LABEL_FILE = "labels.csv"
-MANAGED = official.FILES["mimic"] + ("lab_items.csv", "code_vocab.csv")
+#: Files written beside the loader's: what the L and C columns are.
+SIDECARS = ("lab_items.csv", "code_vocab.csv")
 HORIZON_DAYS = 365
 IN_HOSPITAL_DEATHS = ("exclude", "keep")
 AGGREGATES = ("mean", "min", "max", "last")
@@ -199,7 +199,7 @@ def prepare_mimic(raw: Path, out: Path, *, embedder: str = notes.TFIDF, note_dim
     inputs = describe_inputs(raw, paths.values())
     sha = {i["path"]: i["sha256"] for i in inputs}
     adm = paths["admissions"]
-    ws = Workspace(out, MANAGED, LABEL_FILE)
+    ws = Workspace(out, "mimic", LABEL_FILE, SIDECARS)
 
     def step(name: str, tables: tuple[str, ...], after: tuple[Path, ...],
              build: Callable[[Path], None], **opts: Any) -> Path:
@@ -312,8 +312,6 @@ def prepare_mimic(raw: Path, out: Path, *, embedder: str = notes.TFIDF, note_dim
         "counts": {"patients": len(ids), "positives": int(labels.sum()),
                    **json.loads((tensors_dir / "info.json").read_text())},
         "reused_steps": ws.reused,
-        "data_digest": files_digest((n, p) for n, p in files.items()
-                                    if n in official.FILES["mimic"]),
     }
     return ws.place(files, manifest)
 

@@ -30,7 +30,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.data.digest import file_digest
+from bench.data import official
+from bench.data.digest import file_digest, files_digest
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +41,14 @@ CACHE = ".prepare-cache"
 MANIFEST = "manifest.json"
 
 
+def _describe(name: str, path: Path) -> dict[str, Any]:
+    return {"path": name, "size": path.stat().st_size, "sha256": file_digest(path)}
+
+
 def describe_inputs(raw: Path, paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Each raw input as ``{"path", "size", "sha256"}`` (path relative to ``raw``)."""
-    out = []
-    for p in sorted(set(paths)):
-        out.append({"path": str(p.relative_to(raw)) if p.is_relative_to(raw) else p.name,
-                    "size": p.stat().st_size, "sha256": file_digest(p)})
-    return out
+    return [_describe(str(p.relative_to(raw)) if p.is_relative_to(raw) else p.name, p)
+            for p in sorted(set(paths))]
 
 
 def library_versions(names: Iterable[str]) -> dict[str, str]:
@@ -61,16 +63,20 @@ def library_versions(names: Iterable[str]) -> dict[str, str]:
 
 
 class Workspace:
-    """One ``prepare`` into ``out``: its step cache and its final placement."""
+    """One ``prepare`` of data set ``family`` into ``out``: its step cache and its final
+    placement. The prepare owns the loader's files (``official.FILES[family]``) and
+    ``extra`` files: one of them not produced this time is removed."""
 
-    def __init__(self, out: Path, managed: Iterable[str], label_file: str) -> None:
+    def __init__(self, out: Path, family: str, label_file: str,
+                 extra: Iterable[str] = ()) -> None:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a folder; name a folder "
-                                  "(it is created if absent)")
+                             "(it is created if absent)")
         self.out = out
         self.cache = out / CACHE
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.managed = tuple(managed)
+        self.family = family
+        self.managed = official.FILES[family] + tuple(extra)
         self.label_file = label_file
         self.used: list[str] = []
         self.reused: list[str] = []
@@ -97,7 +103,9 @@ class Workspace:
 
     def place(self, files: dict[str, Path], manifest: dict[str, Any]) -> dict[str, Any]:
         """Put ``files`` (name in the folder → built file) in place, label file last; write
-        the manifest with the outputs' digests; drop cache entries this run did not use."""
+        the manifest with the outputs' digests and the data digest the loader will compute
+        (``official.content_digest``, here from the built files); drop cache entries this
+        run did not use."""
         if self.label_file not in files:
             raise ValueError(f"internal: the outputs lack {self.label_file}")
         for name in (self.label_file, MANIFEST):
@@ -106,8 +114,9 @@ class Workspace:
             if name not in files and (self.out / name).is_file():
                 logger.info("removing %s (not produced by this preparation)", name)
                 (self.out / name).unlink()
-        manifest["outputs"] = [{"path": name, "size": src.stat().st_size,
-                                "sha256": file_digest(src)} for name, src in sorted(files.items())]
+        manifest["outputs"] = [_describe(name, src) for name, src in sorted(files.items())]
+        manifest["data_digest"] = files_digest((n, p) for n, p in files.items()
+                                               if n in official.FILES[self.family])
         for name in [n for n in files if n != self.label_file]:
             _link_atomic(files[name], self.out / name)
         _write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
