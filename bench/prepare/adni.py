@@ -115,7 +115,7 @@ def prepare_adni(raw: Path, out: Path, *, fixes: Iterable[str] = (),
 
     sets = [] if "genomic" in skip else genomic.find_sets(raw)
     if sets:
-        exe = genomic.find_plink()
+        exe, version = genomic.find_plink()
         set_inputs = [f for s in sets for f in genomic.set_files(s)]
 
         def build_genomic(into: Path) -> None:
@@ -124,7 +124,7 @@ def prepare_adni(raw: Path, out: Path, *, fixes: Iterable[str] = (),
             (into / "info.json").write_text(json.dumps(info))
 
         key = {"fixes": fix_key, "chain": file_digest(chain) if chain else None,
-               "plink": genomic.plink_version(exe)}
+               "plink": version}
         step = _step(ws, raw, "genomic", set_inputs, key, build_genomic)
         inputs += set_inputs + ([chain] if chain else [])
         files["genomic/genomic_merged.h5ad"] = step / "genomic_merged.h5ad"

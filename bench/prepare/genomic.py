@@ -55,8 +55,9 @@ def set_files(prefix: Path) -> list[Path]:
     return [prefix.with_suffix(ext) for ext in (".bed", ".bim", ".fam")]
 
 
-def find_plink() -> str:
-    """The PLINK 1.9 executable (see the module docstring), or a clear error."""
+def find_plink() -> tuple[str, str]:
+    """The PLINK 1.9 executable (see the module docstring) and its version line, or a clear
+    error."""
     named = os.environ.get("PLINK")
     candidates = [named] if named else [shutil.which("plink1.9"), shutil.which("plink")]
     for exe in filter(None, candidates):
@@ -66,13 +67,9 @@ def find_plink() -> str:
         except OSError:
             continue
         if "v1.9" in out:
-            return exe
+            return exe, out.strip()
     where = f"$PLINK={named} is not PLINK 1.9" if named else "no PLINK 1.9 found"
     raise FileNotFoundError(f"{where}; {INSTALL_PLINK}")
-
-
-def plink_version(exe: str) -> str:
-    return subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
 
 
 def _table(path: Path, names: list[str]) -> pd.DataFrame:
@@ -118,21 +115,21 @@ def lift(bim: pd.DataFrame, chain: Path | None, one_based: bool) -> tuple[np.nda
     except Exception as exc:  # the C++ reader raises plain errors on a malformed file
         raise RawInputError(f"{chain}: not a readable chain file ({exc})") from None
     names = {c: "chr" + {23: "X", 24: "Y"}.get(c, str(c)) for c in range(1, 25)}
-    kept, chroms, positions = [], [], []
+    kept, contigs, positions = [], [], []
     shift = 1 if one_based else 0
     for row, code, pos in tqdm(zip(rows, codes.iloc[rows].astype(int),
                                    bim["pos"].iloc[rows].astype(int)),
                                total=len(rows), desc="liftOver", unit="SNP", leave=False):
         hits = converter.convert_coordinate(names[code], int(pos) - shift)
-        if len(hits) != 1 or "_" in hits[0][0]:
-            continue
-        new = chrom_codes(pd.Series([hits[0][0]])).iloc[0]
-        if pd.isna(new) or not 1 <= new <= 26:
-            continue
-        kept.append(row)
-        chroms.append(int(new))
-        positions.append(int(hits[0][1]) + shift)
-    return np.asarray(kept, dtype=np.int64), pd.Series(chroms), pd.Series(positions)
+        if len(hits) == 1 and "_" not in hits[0][0]:
+            kept.append(row)
+            contigs.append(hits[0][0])
+            positions.append(int(hits[0][1]) + shift)
+    new = chrom_codes(pd.Series(contigs, dtype=str))
+    primary = (new.notna() & new.between(1, 26)).to_numpy()
+    return (np.asarray(kept, dtype=np.int64)[primary],
+            new[primary].astype(int).reset_index(drop=True),
+            pd.Series(positions, dtype=np.int64)[primary].reset_index(drop=True))
 
 
 def rewrite_set(prefix: Path, into: Path, chain: Path | None, fixes: frozenset[str]) -> Path:
