@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.preprocessing import KBinsDiscretizer, MinMaxScaler
 
-from bench.prepare.raw import RawInputError
+from bench.prepare.raw import RawInputError, parse_dates
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +130,7 @@ def encode(df: pd.DataFrame, fill: bool, fixes: frozenset[str], source: str) -> 
 def _date_bins(dates: pd.DataFrame, fill: bool, source: str) -> pd.DataFrame:
     """Each date column as five one-hot uniform bins over its range (0/1; NaN where the
     date is missing and not filled)."""
-    from bench.prepare.raw import parse_dates
-
-    parsed = pd.DataFrame({c: parse_dates(dates[c], Path(source), c) for c in dates.columns},
+    parsed = pd.DataFrame({c: parse_dates(dates[c], source, c) for c in dates.columns},
                           index=dates.index)
     if fill and parsed.isna().to_numpy().any():
         parsed = parsed.fillna(parsed.mode().iloc[0])

@@ -13,7 +13,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from bench.prepare.raw import RawInputError, canonical_columns, find_one, read_csv
+from bench.prepare.raw import (
+    RawInputError,
+    canonical_columns,
+    find_one,
+    read_csv,
+    refuse_unparsed,
+)
 
 #: Rows per chunk of a large table (memory stays bounded on the real labevents).
 CHUNK_ROWS = 1_000_000
@@ -72,25 +78,17 @@ def read_table(path: Path, table: Table,
                                      chunksize=CHUNK_ROWS):
                 bar.update(fh.tell() - bar.n)
                 chunk = chunk.rename(columns=names)
-                chunk = chunk.assign(**{c: _parsed(chunk[c], pd.to_numeric(
-                    chunk[c], errors="coerce"), path, "numbers") for c in table.numbers})
+                chunk = chunk.assign(**{c: refuse_unparsed(chunk[c], pd.to_numeric(
+                    chunk[c], errors="coerce"), path, c.lower(), "numbers") for c in table.numbers})
                 if keep is not None:
                     chunk = chunk[keep(chunk)]
-                yield chunk.assign(**{c: _parsed(chunk[c], pd.to_datetime(
-                    chunk[c], errors="coerce", format="ISO8601"), path,
+                yield chunk.assign(**{c: refuse_unparsed(chunk[c], pd.to_datetime(
+                    chunk[c], errors="coerce", format="ISO8601"), path, c.lower(),
                     "ISO dates (YYYY-MM-DD[ HH:MM:SS])") for c in table.times})
         except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
             line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RawInputError(f"{path} could not be read as CSV ({line}); expected "
                                 f"{table.what}") from None
-
-
-def _parsed(values: pd.Series, parsed: pd.Series, path: Path, kind: str) -> pd.Series:
-    bad = values.notna() & parsed.isna()
-    if bad.any():
-        raise RawInputError(f"{path}: column {str(values.name).lower()} has {int(bad.sum())} "
-                            f"value(s) that are not {kind}, e.g. {examples(values[bad])}")
-    return parsed
 
 
 def whole(path: Path, table: Table) -> pd.DataFrame:

@@ -85,12 +85,20 @@ def _some(columns: Iterable[str], n: int = 12) -> str:
     return f"{shown}, … ({len(columns)} in all)" if len(columns) > n else shown
 
 
-def parse_dates(values: pd.Series, path: Path, column: str) -> pd.Series:
-    """Dates of one column; values that are present but not dates are an error naming them."""
-    parsed = pd.to_datetime(values, errors="coerce", format="mixed")
+def parse_dates(values: pd.Series, path: Path | str, column: str) -> pd.Series:
+    """Dates of one column; values that are present but not dates are an error naming them
+    (and ``path``: the file, or the tables a merged column came from)."""
+    return refuse_unparsed(values, pd.to_datetime(values, errors="coerce", format="mixed"),
+                           path, column, "dates")
+
+
+def refuse_unparsed(values: pd.Series, parsed: pd.Series, path: Path | str, column: str,
+                    kind: str) -> pd.Series:
+    """``parsed``, unless a value present in ``values`` did not parse: then an error naming
+    the file, the column, how many and a few of them."""
     bad = values.notna() & parsed.isna()
     if bad.any():
         examples = values[bad].astype(str).unique()[:3].tolist()
         raise RawInputError(f"{path}: column {column} has {int(bad.sum())} value(s) that are "
-                            f"not dates, e.g. {examples}")
+                            f"not {kind}, e.g. {examples}")
     return parsed
