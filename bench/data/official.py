@@ -197,6 +197,12 @@ def read_adni(root: Path) -> tuple[RawArrays, dict[str, np.ndarray] | None]:
     return raw, _read_splits(root / "PTID_splits.json", ids)
 
 
+def observed_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of a MIMIC array that are observed: not all NaN, zero or the sentinel −2."""
+    empty = np.isnan(x) | (x == 0) | (x == SENTINEL)
+    return ~empty.all(1)
+
+
 def read_mimic(root: Path) -> tuple[RawArrays, dict[str, np.ndarray] | None]:
     """L labs and vitals, N notes, C ICD-9 codes from the official ``*.pt`` arrays."""
     import torch
@@ -216,8 +222,7 @@ def read_mimic(root: Path) -> tuple[RawArrays, dict[str, np.ndarray] | None]:
         if x.ndim != 2 or x.shape[0] != len(ids):
             raise ValueError(f"{path}: expected a [{len(ids)}, F] tensor (one row per labels.csv "
                              f"row), found shape {tuple(x.shape)}")
-        empty = np.isnan(x) | (x == 0) | (x == SENTINEL)
-        present = ~empty.all(1)
+        present = observed_rows(x)
         x = np.nan_to_num(x, nan=0.0)
         modalities.append(Modality(name, letter, (x.shape[1],)))
         features[letter] = x

@@ -179,12 +179,6 @@ def standardise(x: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, pd.DataFr
     return scaled, pd.DataFrame({"kept": keep, "train_mean": mean, "train_std": std})
 
 
-def loader_observed(x: np.ndarray) -> np.ndarray:
-    """Rows the ``mimic`` loader takes as observed (not all NaN, zero or −2)."""
-    empty = np.isnan(x) | (x == 0) | (x == official.SENTINEL)
-    return ~empty.all(1)
-
-
 def prepare_mimic(raw: Path, out: Path, *, embedder: str = notes.TFIDF, note_dim: int = 768,
                   lab_items: int = 50, min_code_count: int = 5,
                   in_hospital_deaths: str = "exclude", split_seed: int = 0,
@@ -286,7 +280,7 @@ def prepare_mimic(raw: Path, out: Path, *, embedder: str = notes.TFIDF, note_dim
                        into / f"{stem}.pt")
         pd.DataFrame({"subject_id": cohort["subject_id"], "one_year_mortality": labels}).to_csv(
             into / LABEL_FILE, index=False)
-        seen = np.stack([loader_observed(x) for x in tensors.values()], axis=1)
+        seen = np.stack([official.observed_rows(x) for x in tensors.values()], axis=1)
         if (seen != np.load(split_dir / "observed.npy")).any():
             logger.warning("some patients with data read as missing (every value equal to the "
                            "training mean, or a note without a known term)")
