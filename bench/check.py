@@ -5,9 +5,9 @@ registered model but the ablation variants, two seeds) into a temporary store or
 and compares each run with its line in ``results/reference/<data set>.json``:
 
 * parameter counts and forward FLOPs (both counters): exactly equal, anywhere;
-* metrics in the reference's environment (torch version, device type, CPU instruction set):
-  equal per seed up to :data:`SAME_ENVIRONMENT_TOL` — CPU runs at one thread are
-  deterministic, so any change is a real change;
+* metrics in the reference's environment (torch version, device type, CPU instruction set
+  and extensions): equal per seed up to :data:`SAME_ENVIRONMENT_TOL` — CPU runs at one
+  thread are deterministic, so any change is a real change;
 * metrics elsewhere: the mean over seeds within ``max(one test sample, k·σ)`` with σ the
   reference seeds' standard deviation, reported as "environment differs".
 
@@ -54,7 +54,9 @@ SAME_ENVIRONMENT_TOL = 1e-9
 K_SIGMA = 3.0
 #: What a line holds besides its identity (model, combo, seed).
 LINE_FIELDS = ("key", *METRICS, "best_epoch", "n_test", *EXACT)
-ENVIRONMENT_MATCH = ("torch", "device", "cpu_capability")
+ENVIRONMENT_MATCH = ("torch", "device", "cpu_capability", "cpu_isa")
+#: CPU flags whose presence selects kernel code paths (matched by prefix or substring).
+ISA_PREFIXES = ("avx", "amx", "fma", "sse4")
 
 
 def reference_dir() -> Path:
@@ -72,8 +74,26 @@ def environment() -> dict[str, Any]:
 
     return {"torch": torch.__version__, "device": "cpu",
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_isa": cpu_isa(),
             "threads": CI_THREADS, "python": platform.python_version(),
             "code_version": code_version()}
+
+
+def cpu_isa() -> str:
+    """The CPU's vector and matrix extensions (``avx512_fp16 amx_tile …``), from
+    ``/proc/cpuinfo`` (elsewhere the processor name).
+
+    Torch's ``cpu_capability`` says "AVX512" for every AVX-512 CPU, yet two of them can give
+    other last bits for the same run and code (FuseMoE, MulT and I2MoE did on two AVX-512
+    machines), so exact comparison also asks for the same extensions.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return " ".join(sorted(f for f in flags if f.startswith(ISA_PREFIXES) or "vnni" in f))
 
 
 def ci_cells(models: Sequence[str] | None = None,
@@ -313,8 +333,8 @@ def render(comparisons: list[Comparison], same_env: bool, fmt: str = "text",
                      headers=["run", "quantity", "reference", "now", "Δ", "rule", "verdict"],
                      tablefmt="github", disable_numparse=True)
     where = ("same environment as the reference: metrics compared exactly" if same_env else
-             "environment differs from the reference (torch, device or CPU instruction set): "
-             "metrics compared as means within the seeds' spread, not exactly")
+             "environment differs from the reference (torch, device, CPU instruction set or "
+             "extensions): metrics compared as means within the seeds' spread, not exactly")
     verdict = (f"check passed: {len(comparisons)} comparison(s)" if not failed else
                f"check FAILED: {len(failed)} of {len(comparisons)} comparison(s), e.g. "
                f"{failed[0].run} {failed[0].quantity}")

@@ -54,7 +54,7 @@ def test_reference_file_is_one_line_per_run_with_its_environment(refs: Path):
         assert isinstance(line["params"], int) and isinstance(line["best_epoch"], int)
     env = data["environment"]
     assert env["threads"] == 1 and env["device"] == "cpu" and env["torch"] and env[
-        "cpu_capability"]
+        "cpu_capability"] and env["cpu_isa"] == check.cpu_isa()
     assert "max(1 / n_test" in data["tolerance"]["other_environment"]
 
 
