@@ -1,7 +1,7 @@
 """FuseMoE — mixture-of-experts fusion with Laplace gating (Han et al., NeurIPS 2024).
 
 Follows the sparse-MoE "cross encoder" of the released code (``src/core/module.py``,
-``sparse_moe.py``, ``model.py``, ``train.py``, ``utils/util.py``; MODELS.md §6), read in forks
+``sparse_moe.py``, ``model.py``, ``train.py``, ``utils/util.py``; docs/models §6), read in forks
 that keep it (the authors' history, last upstream commit c5acf6f, survives in
 bddupre92/FuseMoE_Migraines; pham156/FuseMoE_poly changes it in places named below), on
 per-modality patch tokens.

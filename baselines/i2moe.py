@@ -1,6 +1,6 @@
 """I2MoE — Interpretable Multimodal Interaction-aware Mixture-of-Experts (Xin et al., ICML 2025).
 
-Choices (MODELS.md §11; [code] = Raina-Xin/I2MoE):
+Choices (docs/models §11; [code] = Raina-Xin/I2MoE):
 
 * [code] Encoders: one :class:`~bench.blocks.PatchEmbeddings` per modality (the shared
   :class:`~bench.blocks.ModalityTokenizer`), run once per batch outside the experts, as the

@@ -1,6 +1,6 @@
 """Lee et al. (Sci. Rep. 2019): one GRU per modality, final hidden states fused by a Linear.
 
-No code is public (MODELS.md §10). Choices:
+No code is public (docs/models §10). Choices:
 
 * [ours] Sequence: the original GRUs run over longitudinal visits; our samples have one
   visit, so each modality's GRU runs over its ``P`` patch tokens from the shared
@@ -10,7 +10,7 @@ No code is public (MODELS.md §10). Choices:
   weights); the modality feature is its last hidden state ``[B, H]``. The M GRUs run in a
   loop over modalities (M ≤ 4), each over the observed rows of its modality.
 * [unverified] Features concatenated ``[B, M·H]``; a logistic-regression-style Linear → C
-  (MODELS.md's reading of the paper; no source reached). [unverified] Dropout 0.5 (the
+  (the model notes' reading of the paper; no source reached). [unverified] Dropout 0.5 (the
   shared protocol's) on the concatenated features.
 * Missing modalities: no native mechanism; ``missing_fill="zero_embed"`` (default) makes a
   missing modality's feature zero (neither its tokeniser nor its GRU sees the row);

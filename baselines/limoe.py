@@ -1,6 +1,6 @@
 """LIMoE — multimodal contrastive learning with a shared sparse MoE (Mustafa et al., 2022).
 
-No official or faithful public code exists (MODELS.md §5): everything below comes from the
+No official or faithful public code exists (docs/models §5): everything below comes from the
 paper's description, adapted to per-modality patch tokens and classification.
 
 Choices:

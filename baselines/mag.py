@@ -1,6 +1,6 @@
 """MAG — Multimodal Adaptation Gate (Rahman et al., ACL 2020), on per-modality patch tokens.
 
-Choices (MODELS.md §4):
+Choices (docs/models §4):
 
 * [ours] Main sequence = the P tokens of an **anchor** modality (the original's text);
   auxiliaries = the tokens of the other M−1 modalities, aligned by token index.
@@ -15,7 +15,7 @@ Choices (MODELS.md §4):
 * [code] Gate per token: ``g_j = ReLU(W_hj [x_j; t] + b)``, ``h = Σ_j g_j ⊙ (W_j x_j + b_j)``,
   ``α = min(β·‖t‖ / (‖h‖ + 1e-6), 1)`` with ‖h‖ = 0 replaced by 1, norms over the feature
   axis; output ``Dropout(LayerNorm(t + α·h))``. A zero anchor gives α = 0: the auxiliary
-  information is discarded (MODELS.md §4.3).
+  information is discarded (docs/models §4.3).
 * [ours] No pre-trained language model follows the gate: ``num_layers`` pre-LN
   :class:`~bench.blocks.TransformerBlock` s (standard residual, MLP ratio ``mlp_ratio``),
   with a learned positional embedding (zero-initialised, as Flex-MoE's) added *after* the
@@ -28,11 +28,11 @@ Choices (MODELS.md §4):
   (dropout on the probabilities) and ``BertSelfOutput`` (dense → dropout → LayerNorm(· +
   input)); ``"twice"`` is the Flex-MoE block, which drops the attention output twice.
 * Missing modalities: no native mechanism; tokens of a missing modality are zeros at the
-  encoder output (``missing_fill="zero_embed"``, MODELS.md §0.3; the encoder never sees the
+  encoder output (``missing_fill="zero_embed"``, docs/models §0.3; the encoder never sees the
   row), so a missing auxiliary contributes its bias-driven term ``g ⊙ b_j``;
   ``"zero_input"`` encodes a zero input instead. Recorded in ``run_info``.
 * Hyper-parameters: [code] β = 1.0 (``beta_shift``), dropout 0.5; [ours] H 128, P 16,
-  4 heads, 2 transformer blocks (MODELS.md: 1–2); training follows the shared protocol
+  4 heads, 2 transformer blocks (docs/models: 1–2); training follows the shared protocol
   (Adam lr 1e-4, batch 8, 50 epochs) since the original's BERT fine-tuning settings
   (lr 1e-5, batch 48, warm-up) do not fit a model trained from scratch.
 """

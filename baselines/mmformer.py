@@ -1,6 +1,6 @@
 """mmFormer — multimodal medical transformer (Zhang et al., MICCAI 2022), on patch tokens.
 
-Choices (MODELS.md §8; source read: YaoZhang93/mmFormer ``mmformer.py``, ``train.py``):
+Choices (docs/models §8; source read: YaoZhang93/mmFormer ``mmformer.py``, ``train.py``):
 
 * [ours] Inputs: each modality's :class:`~bench.blocks.PatchEmbeddings` tokens ``[B, P, D]``
   stand for the "hybrid encoder" output (D = H = ``hidden``).

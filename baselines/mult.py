@@ -1,6 +1,6 @@
 """MulT — Multimodal Transformer (Tsai et al., ACL 2019), on per-modality patch tokens.
 
-Choices (MODELS.md §3):
+Choices (docs/models §3):
 
 * [ours] Sequences: each modality's :class:`~bench.blocks.PatchEmbeddings` tokens
   ``[B, P, H]`` with ``d = H``; the original's bias-free 1×1 temporal convolution to ``d`` is
@@ -45,9 +45,9 @@ Choices (MODELS.md §3):
 * [code] ``pool="last"``: the memory transformer's last time step; ``"mean"`` [ours]
   averages its tokens instead.
 * [ours] Missing modalities: no native mechanism; tokens of a missing modality are zeros at the
-  encoder output (``missing_fill="zero_embed"``, MODELS.md §0.3; the encoder never sees the
+  encoder output (``missing_fill="zero_embed"``, docs/models §0.3; the encoder never sees the
   row); ``"zero_input"`` encodes a zero input instead. Recorded in ``run_info``.
-* Hyper-parameters: [ours] d = H = 128, 4 heads, ``num_layers=1`` (MODELS.md: 1–2 in the
+* Hyper-parameters: [ours] d = H = 128, 4 heads, ``num_layers=1`` (docs/models: 1–2 in the
   Flex-MoE setting; the memory transformers keep depth 3) and the shared protocol for
   training (Adam lr 1e-4, batch 8, 50 epochs); [code] the original's dropouts: attention
   0.1 (text source, memory) / 0.0 (audio or vision source), ReLU 0.1, residual 0.1,

@@ -1,6 +1,6 @@
 """ShaSpec — shared-specific feature modelling (Wang et al., CVPR 2023), on patch tokens.
 
-Choices (MODELS.md §7; source read: billhhh/ShaSpec ``DualNet_SS.py``, ``train_SS.py``):
+Choices (docs/models §7; source read: billhhh/ShaSpec ``DualNet_SS.py``, ``train_SS.py``):
 
 * [ours] Inputs: each modality's :class:`~bench.blocks.PatchEmbeddings` tokens ``[B, P, H]``
   (the shared :class:`~bench.blocks.ModalityTokenizer`), so that one weight-shared encoder can
@@ -42,7 +42,7 @@ Choices (MODELS.md §7; source read: billhhh/ShaSpec ``DualNet_SS.py``, ``train_
 * [ours] ``random_drop``: probability that a training sample's observed set is replaced by a
   random subset (size r ~ U{1..n_observed}, then a uniformly random subset of that size: the
   repo's stage-2 ``mode=random``, per sample over the truly observed modalities). Default 0.
-* [ours] ``dropout`` 0.5 inside the encoders (the shared protocol, MODELS.md §0.4; the repo's
+* [ours] ``dropout`` 0.5 inside the encoders (the shared protocol, docs/models §0.4; the repo's
   CNN encoders have none).
 * Training: the repo's SGD / batch 1 / iteration schedule does not fit this setting; the
   shared protocol applies (Adam lr 1e-4, batch 8, 50 epochs, H 128, P 16).

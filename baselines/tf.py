@@ -1,6 +1,6 @@
 """TF — Tensor Fusion Network (Zadeh et al., EMNLP 2017), on vector modalities.
 
-Choices (MODELS.md §2):
+Choices (docs/models §2):
 
 * [code] Encoding: one SubNet per modality (BatchNorm1d → Dropout → three Linear–ReLU
   layers) to a small width ``subnet_dim``; its input is the modality's whole feature
@@ -12,7 +12,7 @@ Choices (MODELS.md §2):
   rather than patch tokens. No :class:`~bench.blocks.PatchEmbeddings` is built.
 * [ours] ``subnet_input="tokens"``: the SubNet reads the modality's flattened
   :class:`~bench.blocks.PatchEmbeddings` tokens ``[B, P·H]`` (the tokeniser the suite's
-  other models share, MODELS.md §0.1), so the first SubNet layer is ``Linear(P·H, d)``.
+  other models share, docs/models §0.1), so the first SubNet layer is ``Linear(P·H, d)``.
   The tokens are flattened, not mean-pooled: the mean of the P tokens equals one Linear of
   the averaged patch, which collapses a modality to ``ceil(F/P)`` numbers (ADNI
   biospecimen's 12 features to their sum) and makes TF blind to the order of patches.

@@ -1,6 +1,6 @@
 """Venugopalan et al. (Sci. Rep. 2021): stacked denoising autoencoders + intermediate fusion.
 
-No code is public and only the abstract was reached (MODELS.md §9), so the architecture
+No code is public and only the abstract was reached (docs/models §9), so the architecture
 below is an end-to-end adaptation. Choices:
 
 * [ours] Inputs: every modality of our data sets is a feature vector, so every modality,

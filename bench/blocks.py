@@ -1,7 +1,7 @@
 """Building blocks shared by the models: tokeniser, attention, transformer block, heads.
 
 They live once here so that every model that says "PatchEmbeddings per modality" or "the
-dense transformer layer" means exactly the same module (MODELS.md §0.1, §1.2).
+dense transformer layer" means exactly the same module (docs/models §0.1, §1.2).
 """
 
 from __future__ import annotations

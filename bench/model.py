@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from bench.data.core import Batch, DataSpec
 
-#: The Flex-MoE paper's shared protocol (MODELS.md §0.4): Adam, lr 1e-4, batch 8, 50 epochs.
+#: The Flex-MoE paper's shared protocol (docs/models §0.4): Adam, lr 1e-4, batch 8, 50 epochs.
 SHARED_TRAINING = {"lr": 1e-4, "batch_size": 8, "epochs": 50, "weight_decay": 0.0}
 
 

@@ -55,7 +55,7 @@ def register_dataset(name: str, defaults: dict[str, Any] | None = None
                      ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Function decorator: register a loader ``f(split_seed=0, **options) -> MultimodalData``;
     ``defaults`` gives the data set its own defaults of the options every data set takes
-    (``bench.config.COMMON_OPTIONS``, e.g. ``{"missing": "pattern=adni"}``)."""
+    (``bench.data.load.COMMON_OPTIONS``, e.g. ``{"missing": "pattern=adni"}``)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         _datasets[name] = fn

@@ -1,4 +1,4 @@
-"""Flex-MoE (Yun et al., NeurIPS 2024), as the released code behaves (MODELS.md §1).
+"""Flex-MoE (Yun et al., NeurIPS 2024), as the released code behaves (docs/models §1).
 
 * Per-modality :class:`~bench.blocks.PatchEmbeddings` run on observed rows only.
 * Missing-modality bank ``[2^M − 1, M_full, P, H]`` (N(0, 1) init, trainable): a missing

@@ -1,6 +1,6 @@
 """Flex-MoE laid out as the released code runs it: the baseline of the speed comparison.
 
-The released code (MODELS.md §1, §1.11) builds its MoE layer on FastMoE with *fused* experts
+The released code (docs/models §1, §1.11) builds its MoE layer on FastMoE with *fused* experts
 (its ``FMoETransformerMLP`` passes no per-expert module, so ``experts_fused`` is True and the
 Python per-expert loop of ``FixedFMoE.expert_fn`` never runs). One MoE call is: count the
 token–expert assignments per expert and sort them by expert (``prepare_forward``), one scatter

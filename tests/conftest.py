@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import load_data
 from bench.data.arrays import Modality, RawArrays
 from bench.data.core import Batch, DataSpec, MultimodalData
+from bench.data.load import load_data
 
 
 def toy_arrays(n: int = 120, seed: int = 0, letters: str = "ABC",

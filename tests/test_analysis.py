@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.nn.functional import cosine_similarity
 
-from bench import plots
 from bench.registry import create_model
+from bench.rendering import plots
 from flexmoe.analysis import bank_similarity
 
 TINY = {"hidden": 8, "num_patches": 2, "num_heads": 2, "top_k": 2}

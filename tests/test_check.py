@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import check
-from bench.cli import main
+from bench.artefacts import reference
+from bench.cli.main import main
 
 GRID = {"synthetic-adni": ("IG",)}
 MODELS = ["tf"]
@@ -19,28 +19,28 @@ MODELS = ["tf"]
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny grid trained once; every test reuses its runs (a store never recomputes)."""
     path = tmp_path_factory.mktemp("check") / "runs.sqlite"
-    check.run_cells(check.ci_cells(MODELS, GRID), path, jobs=2, progress=False)
+    reference.run_cells(reference.ci_cells(MODELS, GRID), path, jobs=2, progress=False)
     return path
 
 
 @pytest.fixture
 def refs(tmp_path: Path, store: Path) -> Path:
     folder = tmp_path / "reference"
-    out, passed = check.run_check(store, update_refs=True, folder=folder, models=MODELS,
+    out, passed = reference.run_check(store, update_refs=True, folder=folder, models=MODELS,
                                   grid=GRID)
     assert passed and "synthetic-adni.json" in out
     return folder
 
 
 def _check(store: Path, folder: Path, fmt: str = "text") -> tuple[str, bool]:
-    return check.run_check(store, fmt=fmt, folder=folder, models=MODELS, grid=GRID)
+    return reference.run_check(store, fmt=fmt, folder=folder, models=MODELS, grid=GRID)
 
 
 def _edit(folder: Path, edit) -> None:
     path = folder / "synthetic-adni.json"
     data = json.loads(path.read_text())
     edit(data)
-    path.write_text(check.Reference(data["dataset"], data["environment"], data["runs"]).text())
+    path.write_text(reference.Reference(data["dataset"], data["environment"], data["runs"]).text())
 
 
 def test_reference_file_is_one_line_per_run_with_its_environment(refs: Path):
@@ -54,7 +54,7 @@ def test_reference_file_is_one_line_per_run_with_its_environment(refs: Path):
         assert isinstance(line["params"], int) and isinstance(line["best_epoch"], int)
     env = data["environment"]
     assert env["threads"] == 1 and env["device"] == "cpu" and env["torch"] and env[
-        "cpu_capability"] and env["cpu_isa"] == check.cpu_isa()
+        "cpu_capability"] and env["cpu_isa"] == reference.cpu_isa()
     assert "max(1 / n_test" in data["tolerance"]["other_environment"]
 
 
@@ -62,7 +62,7 @@ def test_an_unchanged_tree_passes_and_update_changes_no_byte(store: Path, refs: 
     before = (refs / "synthetic-adni.json").read_bytes()
     out, passed = _check(store, refs)
     assert passed and "check passed" in out and "same environment" in out
-    out, passed = check.run_check(store, update_refs=True, folder=refs, models=MODELS,
+    out, passed = reference.run_check(store, update_refs=True, folder=refs, models=MODELS,
                                   grid=GRID)
     assert passed and "none (no number moved)" in out
     assert (refs / "synthetic-adni.json").read_bytes() == before
@@ -104,7 +104,7 @@ def test_another_environment_compares_means_within_the_seeds_spread(store: Path,
     data = json.loads((refs / "synthetic-adni.json").read_text())
     n_test = data["runs"][0]["n_test"]
     spread = abs(data["runs"][0]["test_acc"] - data["runs"][1]["test_acc"]) / 2 ** 0.5
-    far = max(1 / n_test, check.K_SIGMA * spread) + 0.01
+    far = max(1 / n_test, reference.K_SIGMA * spread) + 0.01
 
     def move(d: dict) -> None:
         for line in d["runs"]:
@@ -132,9 +132,9 @@ def test_a_damaged_reference_file_is_named(store: Path, refs: Path):
 
 
 def test_cli_exit_codes_and_json(store: Path, refs: Path, monkeypatch, capsys):
-    monkeypatch.setattr(check, "reference_dir", lambda: refs)
-    monkeypatch.setattr(check, "CI_GRID", GRID)
-    monkeypatch.setattr(check.registry, "list_models", lambda variants=True: MODELS)
+    monkeypatch.setattr(reference, "reference_dir", lambda: refs)
+    monkeypatch.setattr(reference, "CI_GRID", GRID)
+    monkeypatch.setattr(reference.registry, "list_models", lambda variants=True: MODELS)
     assert main(["check", "--store", str(store), "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["same_environment"] and len(report["comparisons"]) == 2 * 7

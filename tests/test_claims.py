@@ -20,11 +20,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.claims import Coordinator, machine_id, status_report
-from bench.cli import main
-from bench.config import build_grid
-from bench.runner import run_grid
-from bench.store import CLAIM_COLUMNS, Claim, ResultStore
+from bench.cli.main import main
+from bench.execution.grid import run_grid
+from bench.identity.config import build_grid
+from bench.results.claims import Coordinator, machine_id, status_report
+from bench.results.schema import CLAIM_COLUMNS
+from bench.results.store import Claim, ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--models", "tf", "--dataset", "synthetic-adni", "--data-option", "scale=0.1"]
@@ -128,7 +129,7 @@ def test_leases_are_renewed_lost_ones_reported_and_all_released_on_error(tmp_pat
                 return all(now[k] > first[k] for k in "ab")
 
             assert _wait_for(renewed, timeout=30)
-            with caplog.at_level(logging.WARNING, "bench.claims"):  # b is taken over
+            with caplog.at_level(logging.WARNING, "bench.results.claims"):  # b is taken over
                 with contextlib.closing(sqlite3.connect(path)) as conn, conn:
                     conn.execute("UPDATE claims SET owner = 'thief' WHERE key = 'b'")
                 assert _wait_for(lambda: "lost the lease on 1 run(s) (b)" in caplog.text,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.store import load_results
+from bench.cli.main import main
+from bench.results.store import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--set", "epochs=1", "--data-option", "scale=0.2"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import bench.complexity  # noqa: F401  (registers the grouped-matmul FLOP formula)
+import bench.training.complexity  # noqa: F401  (registers the grouped-matmul FLOP formula)
 from flexmoe.moe import SparseMoE
 
 
@@ -25,7 +25,7 @@ def test_flops_count_exactly_the_routed_experts():
 
 
 def test_perf_benchmark_reports_consistent_figures():
-    from bench.perf import benchmark
+    from bench.training.perf import benchmark
 
     r = benchmark("flexmoe", steps=3, warmup=1, data_options={"scale": 0.2}, official=True)
     assert r.steps == 3 and r.batch_size == 8 and r.params == 1_264_771
@@ -38,8 +38,8 @@ def test_perf_benchmark_reports_consistent_figures():
 
 
 def test_fvcore_counts_multiply_adds_along_the_routing(adni):
-    from bench.complexity import forward_flops, fvcore_macs
     from bench.registry import create_model
+    from bench.training.complexity import forward_flops, fvcore_macs
 
     data = adni.restrict("IGCB")
     batch = data.batch(data.splits["val"][:8])
@@ -57,7 +57,7 @@ def test_fvcore_counts_multiply_adds_along_the_routing(adni):
 
 
 def test_fvcore_reports_a_model_it_cannot_trace(adni):
-    from bench.complexity import fvcore_macs
+    from bench.training.complexity import fvcore_macs
 
     class Untraceable(torch.nn.Module):
         def forward(self, batch):

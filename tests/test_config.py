@@ -11,16 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import config, registry
-from bench.cli import main
-from bench.config import build_grid, load_data, resolve_data
+from bench import registry
+from bench.cli.main import main
 from bench.data.core import DataSpec
+from bench.data.load import load_data, resolve_data
 from bench.hparams import SettingError
+from bench.identity import config
+from bench.identity.config import build_grid
 from bench.model import BenchModel
 from bench.profiles import PROFILES, Profile, get_profile
-from bench.runner import execute
-from bench.store import load_results
-from bench.tables import select_runs
+from bench.rendering.tables import select_runs
+from bench.results.store import load_results
+from bench.training.run import execute
 from tests.conftest import spec_of
 
 SMALL = {"scale": 0.1}

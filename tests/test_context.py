@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.cli import main
-from bench.config import load_data
-from bench.context import C_GRID, LOGREG, MAJORITY, context_metric, context_scores
-from bench.store import load_results
-from bench.tables import ONE_CLASS, ONE_CLASS_MARK, pivot, to_markdown
-from bench.views import metric_view
+from bench.artefacts.views import metric_view
+from bench.cli.main import main
+from bench.data.load import load_data
+from bench.rendering.context import C_GRID, LOGREG, MAJORITY, context_metric, context_scores
+from bench.rendering.tables import ONE_CLASS, ONE_CLASS_MARK, pivot, to_markdown
+from bench.results.store import load_results
 from tests.test_tables import _cells, _rows
 
 SMALL = {"scale": 0.1}

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.config import load_data
 from bench.data.core import MultimodalData, combinations
+from bench.data.load import load_data
 from bench.data.splits import make_split, read_split_file
 from bench.registry import create_dataset
 from tests.conftest import toy_arrays

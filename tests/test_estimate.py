@@ -11,12 +11,13 @@ import os
 import pytest
 import torch
 
-from bench.cli import main
-from bench.config import KEY_VERSION, build_grid, load_data
-from bench.estimate import estimate, render
-from bench.presets import select
-from bench.reproduce import plan
-from bench.store import ResultStore
+from bench.artefacts.catalogue import select
+from bench.artefacts.reproduce import plan
+from bench.cli.main import main
+from bench.data.load import load_data
+from bench.execution.estimate import estimate, render
+from bench.identity.config import KEY_VERSION, build_grid
+from bench.results.store import ResultStore
 
 TINY = {"scale": 0.05}
 

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.config import build_grid, load_data
 from bench.data.core import MultimodalData
-from bench.runner import execute
+from bench.data.load import load_data
+from bench.identity.config import build_grid
+from bench.training.run import execute
 from tests.conftest import toy_arrays
 
 

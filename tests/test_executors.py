@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main
-from bench.config import build_grid
-from bench.execution import parse_options, slurm_minutes
-from bench.runner import run_grid
-from bench.store import ResultStore
+from bench.cli.main import main
+from bench.execution.grid import run_grid
+from bench.execution.options import parse_options, slurm_minutes
+from bench.identity.config import build_grid
+from bench.results.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Torch threads per worker: a pool of 2 gives each this many, so every executor uses it.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.complexity import count_params
 from bench.data.arrays import Modality
 from bench.data.core import Batch, DataSpec
 from bench.registry import create_model, resolve_hparams
+from bench.training.complexity import count_params
 
 ADNI = tuple(Modality(n, c, (w,)) for n, c, w in
              (("image", "I", 256), ("genetic", "G", 500), ("clinical", "C", 40),
@@ -126,7 +126,7 @@ def test_attention_residual_option():
 
 
 def test_two_layers_alternate_sparse_and_dense():
-    # MODELS.md §12.1: two layers (sparse + dense), M = 4 → fusion 1,266,819; bank 122,880.
+    # docs/models §12.1: two layers (sparse + dense), M = 4 → fusion 1,266,819; bank 122,880.
     model = create_model("flexmoe", adni_spec("IGCB"), num_layers=2)
     assert count_params(model) - count_params(model.tokenizer) == 1_266_819 + 122_880
     assert [type(layer).__name__ for layer in model.layers] == ["SparseFusionLayer",
@@ -173,8 +173,8 @@ def test_analysis_hooks_return_tidy_frames(adni):
 
 
 def test_top1_of_non_full_tokens_moves_to_the_combination_expert_during_training():
-    from bench.config import load_data
-    from bench.train import make_adam, seed_everything, train_step
+    from bench.data.load import load_data
+    from bench.training.train import make_adam, seed_everything, train_step
     from flexmoe.analysis import specialisation
 
     data = load_data("synthetic-adni", {"scale": 0.3}).restrict("IGCB")
@@ -195,7 +195,7 @@ def test_top1_of_non_full_tokens_moves_to_the_combination_expert_during_training
 def test_evaluation_does_not_depend_on_the_batch_size(adni):
     """Routing is per token and noise-free in eval, so CPU's smaller default eval batches
     give the predictions of one large batch."""
-    from bench.train import eval_batch_size_for, predict, seed_everything
+    from bench.training.train import eval_batch_size_for, predict, seed_everything
 
     data = adni.restrict("IGCB")
     seed_everything(0)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 import baselines.fusemoe as fusemoe
 from baselines.fusemoe import FuseMoELayer, PerModalityMoE
-from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
+from bench.training.complexity import count_params
 from tests.conftest import spec_of
 
 SMALL = {"hidden": 16, "num_patches": 4, "num_experts": 4, "top_k": 2, "expert_hidden": 8,

@@ -11,8 +11,8 @@ from torch import nn
 
 from baselines.i2moe import expert_names, interaction_losses
 from baselines.i2moe_analysis import global_interpretation, local_interpretation
-from bench.complexity import count_params
 from bench.registry import create_model, resolve_hparams
+from bench.training.complexity import count_params
 from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1, "hidden_rw": 16,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
+from bench.training.complexity import count_params
 from tests.conftest import batch_of, spec_of
 
 H, P = 16, 4

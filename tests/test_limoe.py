@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.limoe import MoEBlock, entropy_losses
-from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
+from bench.training.complexity import count_params
 from tests.conftest import spec_of
 from tests.test_blocks import attention_zero_fraction
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from baselines.mag import MAGGate
-from bench.complexity import count_params
 from bench.data.core import combinations
 from bench.registry import create_model, resolve_hparams
+from bench.training.complexity import count_params
 from tests.conftest import batch_of, spec_of
 from tests.test_blocks import attention_zero_fraction
 

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import mechanisms_view, plots, presets, views
-from bench.config import build_grid
-from bench.presets import ARTEFACTS, ArtefactCells, DatasetChoice, select
+from bench.artefacts import mechanisms_view, planning, spec, views
+from bench.artefacts.catalogue import ARTEFACTS, select
+from bench.artefacts.spec import ArtefactCells, DatasetChoice
+from bench.identity.config import build_grid
+from bench.rendering import plots
 
 MODELS = ["flexmoe", "tf"]
 
@@ -17,8 +19,8 @@ MODELS = ["flexmoe", "tf"]
 @pytest.fixture
 def cells(monkeypatch) -> ArtefactCells:
     """The artefact on mfeat with two registered models (smoke profile: seed 0)."""
-    monkeypatch.setattr(presets.registry, "list_models", lambda: MODELS)
-    return presets.artefact_cells(ARTEFACTS["mechanisms"], DatasetChoice("mfeat", False),
+    monkeypatch.setattr(planning.registry, "list_models", lambda: MODELS)
+    return planning.artefact_cells(ARTEFACTS["mechanisms"], DatasetChoice("mfeat", False),
                                   "smoke", options={"missing": "mar", "missing_seed": 3})
 
 
@@ -39,7 +41,7 @@ def test_the_grid_is_rate_zero_once_then_each_mechanism_and_rate(cells):
     labels = [mechanisms_view.column(s) for s, _ in cells.sweeps]
     assert labels == ["0 (none)"] + [f"{m} {r}" for m in ("mcar", "mar", "mnar")
                                      for r in (0.2, 0.4, 0.6)]
-    assert set(cells.unregistered) == set(presets.ADNI_MODELS + presets.EXTRA_MODELS) - set(
+    assert set(cells.unregistered) == set(spec.ADNI_MODELS + spec.EXTRA_MODELS) - set(
         MODELS)
     for sweep, cs in cells.sweeps:
         assert sweep.combos == ("FAKPZM",) and {c.combo for c in cs} == {"FAKPZM"}
@@ -54,41 +56,41 @@ def test_the_grid_is_rate_zero_once_then_each_mechanism_and_rate(cells):
 
 def test_the_dataset_is_the_one_named_else_mfeat():
     arts = select("1,mechanisms")
-    assert presets.assign_datasets(select("mechanisms"), [])["any"].name == "mfeat"
-    chosen = presets.assign_datasets(arts, ["synthetic-adni"])
+    assert planning.assign_datasets(select("mechanisms"), [])["any"].name == "mfeat"
+    chosen = planning.assign_datasets(arts, ["synthetic-adni"])
     assert chosen["any"].name == chosen["adni"].name == "synthetic-adni"
-    assert presets.assign_datasets(select("mechanisms"), ["synthetic-mimic"])["any"].name == \
+    assert planning.assign_datasets(select("mechanisms"), ["synthetic-mimic"])["any"].name == \
         "synthetic-mimic"
 
 
 def test_the_default_is_mfeats_three_narrowest_views_and_a_named_mfeat_has_all(monkeypatch):
-    monkeypatch.setattr(presets.registry, "list_models", lambda: MODELS)
-    default = presets.assign_datasets(select("mechanisms"), [])["any"]
+    monkeypatch.setattr(planning.registry, "list_models", lambda: MODELS)
+    default = planning.assign_datasets(select("mechanisms"), [])["any"]
     assert default.options == {"modalities": "KZM"}
-    ac = presets.artefact_cells(ARTEFACTS["mechanisms"], default, "smoke")
+    ac = planning.artefact_cells(ARTEFACTS["mechanisms"], default, "smoke")
     assert {c.combo for c in ac.cells} == {"KZM"}
     assert all(c.data_options["modalities"] == "KMZ" for c in ac.cells)
     view = mechanisms_view.mechanisms_view(ac, _store(ac), "smoke")
     assert "by default its views K, Z, M alone (modalities=KZM" in view.caption
     assert "modalities=KMZ" in view.caption  # every run's shared data options
-    named = presets.assign_datasets(select("mechanisms"), ["mfeat"])["any"]
-    full = presets.artefact_cells(ARTEFACTS["mechanisms"], named, "smoke")
+    named = planning.assign_datasets(select("mechanisms"), ["mfeat"])["any"]
+    full = planning.artefact_cells(ARTEFACTS["mechanisms"], named, "smoke")
     assert {c.combo for c in full.cells} == {"FAKPZM"}
-    mine = presets.artefact_cells(ARTEFACTS["mechanisms"], default, "smoke",
+    mine = planning.artefact_cells(ARTEFACTS["mechanisms"], default, "smoke",
                                   options={"modalities": "FA"})  # the user's options win
     assert {c.combo for c in mine.cells} == {"FA"}
 
 
 def test_rate_zero_runs_are_the_runs_without_imposed_missingness(monkeypatch):
-    monkeypatch.setattr(presets.registry, "list_models", lambda: MODELS)
-    ac = presets.artefact_cells(ARTEFACTS["mechanisms"], DatasetChoice("synthetic-adni", False),
+    monkeypatch.setattr(planning.registry, "list_models", lambda: MODELS)
+    ac = planning.artefact_cells(ARTEFACTS["mechanisms"], DatasetChoice("synthetic-adni", False),
                                 "smoke")
     plain = build_grid(MODELS, "synthetic-adni", ["IGCB"], [0], "smoke")
     assert {c.key for c in ac.sweeps[0][1]} == {c.key for c in plain}
 
 
 def test_captions_state_the_mechanism_rate_and_seed_and_never_the_default(monkeypatch):
-    monkeypatch.setattr(presets.registry, "list_models", lambda: MODELS)
+    monkeypatch.setattr(planning.registry, "list_models", lambda: MODELS)
     frame = pd.DataFrame(columns=["status", "seed"])
     for options, shown in (({}, None), ({"missing": "mnar", "missing_rate": 0.4},
                                          "missing=mnar, missing_rate=0.4, missing_seed=0")):
@@ -132,9 +134,9 @@ def test_figure_one_panel_per_mechanism_from_the_shared_rate_zero(cells, tmp_pat
 
 
 def test_a_rate_mar_cannot_reach_is_left_out_with_its_reason(monkeypatch):
-    monkeypatch.setattr(presets.registry, "list_models", lambda: MODELS)
+    monkeypatch.setattr(planning.registry, "list_models", lambda: MODELS)
     monkeypatch.setattr(mechanisms_view, "context_metric", lambda rows, metric: {})
-    ac = presets.artefact_cells(ARTEFACTS["mechanisms"],
+    ac = planning.artefact_cells(ARTEFACTS["mechanisms"],
                                 DatasetChoice("synthetic-mimic", False), "smoke")
     ((index, reason),) = ac.skipped.items()
     assert ac.sweeps[index][0].axis == "mar" and ac.sweeps[index][1] == []

@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from bench.data.core import MultimodalData
-from bench.metrics import classification_metrics
 from bench.registry import create_model
-from bench.train import FitResult, fit, seed_everything
+from bench.training.metrics import classification_metrics
+from bench.training.train import FitResult, fit, seed_everything
 from tests.conftest import toy_arrays
 
 NAMES = ("CN", "MCI", "AD")

@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.check import ci_cells, reference_dir
-from bench.cli import main
-from bench.config import build_grid, load_data, resolve_data
+from bench.artefacts.reference import ci_cells, reference_dir
+from bench.cli.main import main
 from bench.data import missingness
+from bench.data.load import load_data, resolve_data
 from bench.data.missingness import modality_scores, simulate
 from bench.data.synthetic_adni import COMBINATION_COUNTS
 from bench.hparams import SettingError
+from bench.identity.config import build_grid
 
 LETTERS = "ABCDEF"
 N, N_TRAIN = 3000, 2000

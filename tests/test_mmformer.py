@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from baselines.mmformer import random_nonempty_subset
 from bench.blocks import Attention
-from bench.complexity import count_params, forward_flops
 from bench.data.arrays import Modality
 from bench.data.core import DataSpec
 from bench.registry import create_model
+from bench.training.complexity import count_params, forward_flops
 from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 16, "num_patches": 4, "num_heads": 2}

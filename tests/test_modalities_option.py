@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench import presets
-from bench.cli import main
-from bench.config import build_grid, load_data, resolve_data
+from bench.artefacts import catalogue, planning, spec
+from bench.cli.main import main
+from bench.data.load import load_data, resolve_data
 from bench.hparams import SettingError
+from bench.identity.config import build_grid
 
 
 def test_only_the_named_modalities_remain_and_nothing_else_changes():
@@ -61,8 +62,8 @@ def test_the_option_is_in_the_key_only_when_given_and_in_any_order():
 
 
 def test_the_mechanisms_study_trains_on_the_kept_modalities():
-    ac = presets.artefact_cells(presets.ARTEFACTS["mechanisms"],
-                                presets.choose_dataset(presets.ANY, "mfeat"), "smoke",
+    ac = planning.artefact_cells(catalogue.ARTEFACTS["mechanisms"],
+                                planning.choose_dataset(spec.ANY, "mfeat"), "smoke",
                                 options={"modalities": "FKZM"})
     assert {c.combo for c in ac.cells} == {"FKZM"}
     assert all(c.data_options["modalities"] == "FKMZ" for c in ac.cells)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.registry import create_model, list_models
-from bench.train import seed_everything
+from bench.training.train import seed_everything
 
 SETTINGS = [("adni", "IG"), ("adni", "IGC"), ("adni", "IGCB"), ("mimic", "LNC")]
 MODELS = list_models()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model, resolve_hparams
+from bench.training.complexity import count_params
 from tests.conftest import batch_of, spec_of
 
 SMALL = {"hidden": 8, "num_patches": 4, "num_heads": 2, "num_layers": 1}

@@ -51,14 +51,14 @@ SHIPPED = {"datasets": "bench/_shipped/datasets", "results/paper": "bench/_shipp
 
 PROBE = """
 import json, sys
-import bench, bench.views
+import bench, bench.artefacts.views
 from bench.data.sources import datasets_root
 from bench.registry import create_dataset
 data = create_dataset("mfeat")
-table = bench.views.published("table1_adni_acc.csv")
+table = bench.artefacts.views.published("table1_adni_acc.csv")
 print(json.dumps({
     "bench": bench.__file__, "datasets": str(datasets_root()),
-    "paper": str(bench.views.PAPER_DIR), "mfeat": [data.name, list(data.letters)],
+    "paper": str(bench.artefacts.views.PAPER_DIR), "mfeat": [data.name, list(data.letters)],
     "table1": list(table.shape), "sys_path": sys.path,
     "meta_path": [type(f).__module__ + "." + type(f).__qualname__ if not isinstance(f, type)
                   else f.__module__ + "." + f.__qualname__ for f in sys.meta_path]}))

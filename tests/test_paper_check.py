@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_ind_from_stats
 
-from bench.config import KEY_VERSION
-from bench.paper_check import (
+from bench.artefacts.paper import (
     NO_PAPER_RUNS,
     NO_REAL_DATA,
     RULE,
@@ -21,7 +20,8 @@ from bench.paper_check import (
     against_paper,
     format_comparison,
 )
-from bench.store import ResultStore, load_results
+from bench.identity.config import KEY_VERSION
+from bench.results.store import ResultStore, load_results
 
 HPARAMS = {"lr": 1e-4, "batch_size": 8, "epochs": 50, "weight_decay": 0.0}
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from bench.prepare import genomic, output
-from bench.prepare.adni import prepare_adni
-from bench.prepare.raw import RawInputError
+from bench.cli.main import main
+from bench.data.prepare import genomic, output
+from bench.data.prepare.adni import prepare_adni
+from bench.data.prepare.raw import RawInputError
 from bench.registry import create_dataset
 from tests.raw_adni import CHAIN, write_raw
 

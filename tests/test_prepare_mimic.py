@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.prepare import mimic, mimic_tables, notes
-from bench.prepare.raw import RawInputError
+from bench.data.prepare import mimic, mimic_tables, notes
+from bench.data.prepare.raw import RawInputError
 from bench.registry import create_dataset
 
 N = 200
@@ -211,7 +211,7 @@ def test_code_vocabulary_keeps_icd9_codes_of_enough_patients(download, prepared)
 
 
 def test_a_run_trains_on_the_prepared_folder(prepared, tmp_path):
-    from bench.cli import main
+    from bench.cli.main import main
 
     out, _ = prepared
     assert main(["run", "--models", "tf", "--dataset", "mimic", "--data-option", f"root={out}",
@@ -391,7 +391,7 @@ def test_too_few_notes_for_the_requested_dimension_clamps_it(download, tmp_path,
 
 
 def test_the_command_line_prepares_and_prints_what_it_did(download, prepared, tmp_path, capsys):
-    from bench.cli import main
+    from bench.cli.main import main
 
     out, manifest = prepared
     args = [f"--{k.replace('_', '-')}={v}" for k, v in OPTIONS.items()]

@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from bench import presets
-from bench.presets import ADNI_COMBOS, ARTEFACTS, MODEL_LABELS, DatasetChoice, select
-from bench.views import published
+from bench.artefacts import planning, spec
+from bench.artefacts.catalogue import ARTEFACTS, select
+from bench.artefacts.spec import ADNI_COMBOS, MODEL_LABELS, DatasetChoice
+from bench.artefacts.views import published
 
 
 def test_adni_tables_have_the_papers_rows_and_columns():
@@ -16,7 +17,7 @@ def test_adni_tables_have_the_papers_rows_and_columns():
         art = ARTEFACTS[f"table{number}"]
         (sweep,) = art.sweeps
         assert sweep.combos == ADNI_COMBOS and len(sweep.combos) == 11
-        assert [presets.model_label(m) for m in sweep.models] == [
+        assert [spec.model_label(m) for m in sweep.models] == [
             "[59] Venugopalan", "[33] Lee", "ShaSpec", "mmFormer", "TF", "MulT", "MAG",
             "LIMoE", "FuseMoE", "Flex-MoE", "I2MoE"]
     for number in (2, 9, 10):
@@ -30,7 +31,7 @@ def test_published_numbers_cover_every_cell_of_their_table(art):
     paper = published(art.paper_file)
     (sweep,) = art.sweeps
     if art.kind == "ablation":
-        assert list(paper["variant"]) == list(presets.ABLATIONS.values())
+        assert list(paper["variant"]) == list(spec.ABLATIONS.values())
         return
     names = {MODEL_LABELS[m][1] for m in sweep.models} - {None}
     cells = {(c, m) for c in sweep.combos for m in names}
@@ -53,43 +54,43 @@ def test_sensitivity_maps_smoe_layers_to_alternating_fusion_layers():
 
 
 def test_missing_real_data_falls_back_to_synthetic_loudly(monkeypatch, caplog):
-    monkeypatch.setattr(presets.registry, "list_datasets", lambda: ["synthetic-adni"])
+    monkeypatch.setattr(planning.registry, "list_datasets", lambda: ["synthetic-adni"])
     with caplog.at_level(logging.WARNING):
-        choice = presets.choose_dataset("adni")
+        choice = planning.choose_dataset("adni")
     assert choice == DatasetChoice("synthetic-adni", False, choice.note, choice.reason)
     assert "not configured" in choice.note and "'adni'" in choice.note
     assert "ADNI tables use synthetic-adni" in caplog.text
 
 
 def test_real_data_is_used_when_it_loads_and_refused_when_it_does_not(monkeypatch):
-    monkeypatch.setattr(presets.registry, "list_datasets", lambda: ["adni", "mimic"])
+    monkeypatch.setattr(planning.registry, "list_datasets", lambda: ["adni", "mimic"])
 
     def load(name):
         if name == "mimic":
             raise FileNotFoundError("no MIMIC-IV directory at data/mimic")
-    monkeypatch.setattr(presets, "load_data", load)
-    assert presets.choose_dataset("adni") == DatasetChoice("adni", True)
-    fallback = presets.choose_dataset("mimic")
+    monkeypatch.setattr(planning, "load_data", load)
+    assert planning.choose_dataset("adni") == DatasetChoice("adni", True)
+    fallback = planning.choose_dataset("mimic")
     assert fallback.name == "synthetic-mimic" and "no MIMIC-IV directory" in fallback.reason
-    assert presets.choose_dataset("mimic", "mimic").real
+    assert planning.choose_dataset("mimic", "mimic").real
 
 
 def test_dataset_of_another_family_is_refused():
     with pytest.raises(ValueError, match="is a mimic data set"):
-        presets.assign_datasets(select("1"), ["synthetic-mimic"])
+        planning.assign_datasets(select("1"), ["synthetic-mimic"])
 
 
 def test_unregistered_models_are_named_and_tables_share_runs(monkeypatch):
     known = ["flexmoe", "tf"]
-    monkeypatch.setattr(presets.registry, "list_models", lambda: known)
+    monkeypatch.setattr(planning.registry, "list_models", lambda: known)
     choice = DatasetChoice("synthetic-adni", False, "stand-in")
-    t1 = presets.artefact_cells(ARTEFACTS["table1"], choice, "smoke")
-    t4 = presets.artefact_cells(ARTEFACTS["table4"], choice, "smoke")
+    t1 = planning.artefact_cells(ARTEFACTS["table1"], choice, "smoke")
+    t4 = planning.artefact_cells(ARTEFACTS["table4"], choice, "smoke")
     assert set(t1.unregistered) == set(ARTEFACTS["table1"].models()) - set(known)
     assert {c.model for c in t1.cells} == set(known)
     assert len(t1.cells) == 2 * 11 and all(c.seed == 0 for c in t1.cells)
     assert all(c.data_options["scale"] == 0.1 for c in t1.cells)
     assert {c.key for c in t4.cells} <= {c.key for c in t1.cells}
-    paper = presets.artefact_cells(ARTEFACTS["table3"], choice, "paper")
+    paper = planning.artefact_cells(ARTEFACTS["table3"], choice, "paper")
     assert [c.seed for c in paper.cells] == [0, 1, 2]
     assert paper.cells[0].data_options["scale"] == 1.0 and "flexmoe-no-es" in paper.unregistered

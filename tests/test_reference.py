@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.complexity import count_params
 from bench.registry import create_model
-from bench.train import seed_everything
+from bench.training.complexity import count_params
+from bench.training.train import seed_everything
 from flexmoe.moe import Experts, SparseMoE, dispatch
 from flexmoe.reference import (
     FusedMoE,
@@ -117,7 +117,7 @@ def test_per_sample_loader_serves_the_training_rows_once_per_epoch(adni):
 
 
 def test_perf_comparison_refuses_models_without_the_official_design():
-    from bench.perf import benchmark
+    from bench.training.perf import benchmark
 
     with pytest.raises(ValueError, match="Flex-MoE models only"):
         benchmark("tf", steps=1, warmup=0, data_options={"scale": 0.2}, official=True)

@@ -9,12 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import plots
-from bench.cli import main
-from bench.report import write_report
-from bench.reproduce import Section
-from bench.store import load_results
-from bench.tables import Panel, TableView
+from bench.cli.main import main
+from bench.rendering import plots
+from bench.rendering.report import Section, write_report
+from bench.rendering.tables import Panel, TableView
+from bench.results.store import load_results
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)

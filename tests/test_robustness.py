@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from bench import presets, registry, robustness
-from bench.cli import main
-from bench.config import build_grid, load_data
-from bench.presets import ARTEFACTS, DatasetChoice, select
-from bench.robustness_view import STORED_WITHOUT, robustness_data, robustness_view
-from bench.runner import execute
-from bench.store import COLUMNS, ResultStore, load_results
-from bench.tables import to_html, to_markdown
-from bench.train import evaluate, fit, seed_everything
-from bench.views import NOT_RUN, UNREGISTERED
+from bench import registry
+from bench.artefacts import planning
+from bench.artefacts.catalogue import ARTEFACTS, select
+from bench.artefacts.robustness_view import STORED_WITHOUT, robustness_data, robustness_view
+from bench.artefacts.spec import DatasetChoice
+from bench.artefacts.views import NOT_RUN, UNREGISTERED
+from bench.cli.main import main
+from bench.data.load import load_data
+from bench.identity.config import build_grid
+from bench.rendering.tables import to_html, to_markdown
+from bench.results.schema import COLUMNS
+from bench.results.store import ResultStore, load_results
+from bench.training import robustness
+from bench.training.run import execute
+from bench.training.train import evaluate, fit, seed_everything
 
 SMALL = {"scale": 0.1}
 MODELS = registry.list_models()
@@ -142,7 +147,7 @@ def test_one_modality_run_has_no_removal():
 def test_robustness_runs_are_the_runs_of_run():
     for family, dataset in (("adni", "synthetic-adni"), ("mimic", "synthetic-mimic")):
         art = ARTEFACTS[f"robustness-{family}"]
-        cells = presets.artefact_cells(art, DatasetChoice(dataset, False), "quick").cells
+        cells = planning.artefact_cells(art, DatasetChoice(dataset, False), "quick").cells
         plain = build_grid(list(art.models()), dataset, None, None, "quick")
         assert [c.key for c in cells] == [c.key for c in plain]
     assert [a.id for a in select("robustness")] == ["robustness-adni", "robustness-mimic"]
@@ -165,8 +170,8 @@ def _row(cell, acc: float, removed: dict[str, float] | None) -> dict:
 
 def test_view_shows_the_mean_over_subsets_and_seeds_and_footnotes_old_rows(tmp_path,
                                                                           monkeypatch):
-    monkeypatch.setattr(presets.registry, "list_models", lambda: ["tf", "lee2019", "mag"])
-    ac = presets.artefact_cells(ARTEFACTS["robustness-adni"],
+    monkeypatch.setattr(planning.registry, "list_models", lambda: ["tf", "lee2019", "mag"])
+    ac = planning.artefact_cells(ARTEFACTS["robustness-adni"],
                                 DatasetChoice("synthetic-adni", False), "smoke", seeds=[0, 1])
     rng = np.random.default_rng(0)
     subsets = robustness.removal_sets("IGCB")
@@ -222,7 +227,7 @@ def test_store_without_the_robustness_column_reads_it_as_empty(tmp_path):
 
 
 def test_reproduce_and_report_render_the_table_and_the_figure(tmp_path, monkeypatch):
-    monkeypatch.setattr(presets.registry, "list_models", lambda: ["lee2019", "tf"])
+    monkeypatch.setattr(planning.registry, "list_models", lambda: ["lee2019", "tf"])
     store, out = str(tmp_path / "r.sqlite"), tmp_path / "out"
     args = ["--table", "robustness", "--profile", "smoke", "--set", "epochs=1",
             "--store", store, "--out", str(out), "--device", "cpu"]
@@ -236,7 +241,7 @@ def test_reproduce_and_report_render_the_table_and_the_figure(tmp_path, monkeypa
     assert page.count("<img") == 2 and "removed" in page
     df = load_results(store)
     ok = df[(df["dataset"] == "synthetic-mimic") & (df["model"] == "tf")]
-    ac = presets.artefact_cells(ARTEFACTS["robustness-mimic"],
+    ac = planning.artefact_cells(ARTEFACTS["robustness-mimic"],
                                 DatasetChoice("synthetic-mimic", False), "smoke",
                                 {"epochs": 1})
     cell = robustness_view(ac, df, "smoke").panels[0].mean.at["TF", "1 removed"]

@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
-from bench.config import build_grid
-from bench.runner import execute, run_grid
-from bench.store import ResultStore
+from bench.execution.grid import run_grid
+from bench.identity.config import build_grid
+from bench.results.store import ResultStore
+from bench.training.run import execute
 
 SMALL = {"scale": 0.2}
 FAST = {"epochs": 2}
@@ -105,7 +106,7 @@ def test_a_pool_found_broken_at_submit_restarts_and_runs_the_batch(tmp_path):
     the executor starts a fresh one and runs those cells (one at a time) instead of raising."""
     from concurrent.futures.process import BrokenProcessPool
 
-    from bench.executors import ProcessExecutor
+    from bench.execution.executors import ProcessExecutor
 
     class Broken:
         def submit(self, *args, **kwargs):

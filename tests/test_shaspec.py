@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from baselines.shaspec import cycle_pairs, random_subset_of_size
-from bench.complexity import count_params, forward_flops
 from bench.registry import create_model
+from bench.training.complexity import count_params, forward_flops
 from tests.conftest import batch_of, spec_of
 from tests.test_blocks import attention_zero_fraction
 

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import significance
-from bench.cli import main
-from bench.presets import ARTEFACTS
-from bench.report import write_report
-from bench.reproduce import Section, plan
-from bench.store import ResultStore
+from bench.artefacts import significance
+from bench.artefacts.catalogue import ARTEFACTS
+from bench.artefacts.reproduce import plan
+from bench.cli.main import main
+from bench.rendering.report import Section, write_report
+from bench.results.store import ResultStore
 
 
 def _tidy(table: dict[str, list[float]], n: int = 3) -> pd.DataFrame:

@@ -8,9 +8,9 @@ import os
 import sqlite3
 import time
 
-from bench.cli import main
-from bench.config import KEY_VERSION
-from bench.store import Claim, ResultStore
+from bench.cli.main import main
+from bench.identity.config import KEY_VERSION
+from bench.results.store import Claim, ResultStore
 
 
 def _row(key, model="tf", combo="IG", seed=0, status="ok", seconds=30.0, **extra):

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from bench.receipts import write_receipt
-from bench.store import ResultStore, StoreError, load_results
+from bench.results.receipts import write_receipt
+from bench.results.store import ResultStore, StoreError, load_results
 
 
 def _row(key="k1", status="ok", **extra):
@@ -58,7 +58,7 @@ def test_row_survives_a_crash_right_after_commit(tmp_path):
     path = tmp_path / "r.sqlite"
     code = textwrap.dedent(f"""
         import os
-        from bench.store import ResultStore
+        from bench.results.store import ResultStore
         store = ResultStore({str(path)!r})
         store.write({{"key": "survivor", "status": "ok", "created_at": "x"}})
         os._exit(9)  # no close, no cleanup

@@ -21,9 +21,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.config import KEY_VERSION
-from bench.receipts import write_receipt
-from bench.store import COLUMNS, JSON_COLUMNS, ResultStore, StoreError, load_results
+from bench.identity.config import KEY_VERSION
+from bench.results.receipts import write_receipt
+from bench.results.schema import COLUMNS, JSON_COLUMNS
+from bench.results.store import ResultStore, StoreError, load_results
 
 #: The ``runs`` columns of a store written by an earlier version (before key_version, config,
 #: metric_notes and the fvcore columns existed).
@@ -127,7 +128,7 @@ def test_old_layout_on_read_only_media_loads_and_is_not_touched(tmp_path):
 
 
 def test_table_command_reads_a_read_only_store(tmp_path, capsys):
-    from bench.cli import main
+    from bench.cli.main import main
 
     path = tmp_path / "r.sqlite"
     with ResultStore(path) as store:
@@ -161,7 +162,8 @@ def test_crashed_writers_journal_on_read_only_media_is_read_not_rolled_back(tmp_
     journal = path.with_name(path.name + "-journal")
     assert journal.is_file()  # a hot journal: reading normally would roll it back
     before, journal_bytes = _snapshot(path), journal.read_bytes()
-    with _read_only(path, journal, tmp_path), caplog.at_level(logging.WARNING, "bench.store"):
+    with _read_only(path, journal, tmp_path), \
+            caplog.at_level(logging.WARNING, "bench.results.store"):
         df = load_results(path)
     assert len(df) == 20
     assert "reading it as immutable" in caplog.text and str(path) in caplog.text
@@ -257,7 +259,7 @@ def test_bad_receipts_are_skipped_kept_and_named(tmp_path, caplog):
         (folder / "not-json.json").write_text("{truncated")
         in_progress = folder / ".tmp-abc.json"  # a worker still writing it
         in_progress.write_text("{")
-        with caplog.at_level(logging.WARNING, "bench.receipts"):
+        with caplog.at_level(logging.WARNING, "bench.results.receipts"):
             assert store.ingest_receipts() == 2
         assert store.done_keys() == {"a", "z"}
         for name in [*bad, "not-json"]:
@@ -266,7 +268,7 @@ def test_bad_receipts_are_skipped_kept_and_named(tmp_path, caplog):
         assert in_progress.read_text() == "{"
         assert sorted(p.name for p in folder.glob("*.json")) == [".tmp-abc.json"]
         caplog.clear()
-        with caplog.at_level(logging.WARNING, "bench.receipts"):
+        with caplog.at_level(logging.WARNING, "bench.results.receipts"):
             assert store.ingest_receipts() == 0  # rejected ones are not retried every run
         assert not caplog.text
 

@@ -7,10 +7,11 @@ import io
 import pandas as pd
 import pytest
 
-from bench.config import RunConfig as Cell
-from bench.presets import ABLATIONS, ADNI_COMBOS, ARTEFACTS, ArtefactCells, DatasetChoice
-from bench.tables import pivot, select_runs, to_csv, to_html, to_latex, to_markdown
-from bench.views import ablation_view, complexity_view, metric_view
+from bench.artefacts.catalogue import ARTEFACTS
+from bench.artefacts.spec import ABLATIONS, ADNI_COMBOS, ArtefactCells, DatasetChoice
+from bench.artefacts.views import ablation_view, complexity_view, metric_view
+from bench.identity.config import RunConfig as Cell
+from bench.rendering.tables import pivot, select_runs, to_csv, to_html, to_latex, to_markdown
 
 
 def test_table_splits_a_model_only_for_settings_that_differ_on_one_combination():

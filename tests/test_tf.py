@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model, resolve_hparams
+from bench.training.complexity import count_params
 from tests.conftest import batch_of, spec_of
 
 

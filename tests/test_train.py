@@ -1,5 +1,6 @@
-"""The training loop (bench/train.py): which epoch is kept, what state is tested, the guard on
-a diverging loss, and the class weights of the loss — on a linear model and tiny data."""
+"""The training loop (bench/training/train.py): which epoch is kept, what state is tested, the
+guard on a diverging loss, and the class weights of the loss — on a linear model and tiny
+data."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-import bench.train
-from bench.config import load_data
+import bench.training.train
 from bench.data.core import Batch, DataSpec, MultimodalData, RunData
+from bench.data.load import load_data
 from bench.model import BenchModel
-from bench.train import class_weight, fit, make_adam, train_step
+from bench.training.train import class_weight, fit, make_adam, train_step
 from tests.conftest import toy_arrays
 
 TRAIN = {"lr": 0.05, "batch_size": 32}
@@ -52,7 +53,7 @@ def _model(data: RunData, **kwargs: object) -> Linear:
 def _script_val(monkeypatch: pytest.MonkeyPatch, accuracies: list[float]) -> None:
     """Make the per-epoch validation pass report ``accuracies`` (of 10 samples) in order;
     later calls (the final evaluation) are real."""
-    real, left = bench.train.predict, list(accuracies)
+    real, left = bench.training.train.predict, list(accuracies)
 
     def scripted(model, data, split, batch_size=None):
         if split != "val" or not left:
@@ -63,7 +64,7 @@ def _script_val(monkeypatch: pytest.MonkeyPatch, accuracies: list[float]) -> Non
         probs[:right] = [1.0, 0.0, 0.0]
         return probs, y
 
-    monkeypatch.setattr(bench.train, "predict", scripted)
+    monkeypatch.setattr(bench.training.train, "predict", scripted)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -96,7 +97,7 @@ def test_the_selected_epoch_state_is_restored_and_tested(monkeypatch):
     assert all(torch.equal(after[k], states[1][k]) for k in after)
     assert not all(torch.equal(after[k], states[3][k]) for k in after)  # not the last epoch
     assert not all(torch.equal(after[k], states[2][k]) for k in after)  # nor the tied one
-    probs, y = bench.train.predict(model, data, "test")  # the metrics are of that state
+    probs, y = bench.training.train.predict(model, data, "test")  # the metrics are of that state
     assert result.test["acc"] == pytest.approx(float((probs.argmax(1) == y).mean()))
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from baselines.venugopalan2021 import MaskingNoise, observed_mse
-from bench.complexity import count_params
 from bench.data.core import Batch
 from bench.registry import create_model
+from bench.training.complexity import count_params
 from tests.conftest import batch_of, spec_of
 
 SPEC = spec_of({"A": 12, "B": 7}, num_classes=3)

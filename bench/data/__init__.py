@@ -1,7 +1,3 @@
-"""The missing-modality data interface (see :mod:`bench.data.core`)."""
-
-from bench.data.arrays import Modality, RawArrays
-from bench.data.core import Batch, DataSpec, MultimodalData, RunData, combinations
-
-__all__ = ["Batch", "DataSpec", "Modality", "MultimodalData", "RawArrays", "RunData",
-           "combinations"]
+"""The missing-modality data interface (:mod:`bench.data.core`, :mod:`bench.data.arrays`), the
+registered data sets (:mod:`bench.data.sources`), loading them with their options
+(:mod:`bench.data.load`), imposed missingness and ``prepare`` (raw downloads → loader folders)."""

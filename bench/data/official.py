@@ -1,7 +1,7 @@
 """The real ADNI and MIMIC-IV data, read from the folders the official Flex-MoE code reads.
 
 The data cannot be shipped (both need a data-use agreement); ``run_bench.py prepare adni|mimic``
-(:mod:`bench.prepare`, docs/PREPARE.md) builds these folders from the raw downloads, and
+(:mod:`bench.data.prepare`, docs/prepare.md) builds these folders from the raw downloads, and
 the suite is pointed at the resulting folder.
 
 ADNI (``data/adni`` of the official code; ``--data-option root=PATH`` or ``$FLEXMOE_BENCH_ADNI``)::
@@ -52,7 +52,7 @@ def data_root(option: str | None, env: str, name: str) -> Path:
         raise FileNotFoundError(
             f"the {name} data folder is not configured: pass --data-option root=PATH or set "
             f"${env} to a folder built by `run_bench.py prepare {name.split('-')[0].lower()}` "
-            f"from the raw downloads (docs/PREPARE.md)")
+            f"from the raw downloads (docs/prepare.md)")
     root = Path(value).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{name} data folder {root} does not exist (from "

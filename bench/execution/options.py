@@ -1,0 +1,224 @@
+"""Where runs train: the executor settings of ``run`` and ``reproduce``, checked at the
+boundary (each misuse one clear error), without importing torch or the executors.
+
+See :mod:`bench.execution.executors` for what each executor does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+KINDS = ("local", "process", "slurm", "ray")
+#: sbatch options ``--slurm-extra`` refuses: set by a flag of their own, or by the executor.
+_OWN_SLURM_FLAGS = {"partition": "use --slurm-partition", "time": "use --slurm-time",
+                    "cpus-per-task": "use --slurm-cpus-per-task",
+                    "gpus-per-task": "use --slurm-gpus-per-task",
+                    "array": "use --slurm-array-parallelism",
+                    "job-name": "the executor names its jobs"}
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+class MissingExtra(ImportError):
+    """An executor's optional dependency is not installed."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import ``module`` or fail with the one command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"--executor {extra} needs the {module!r} package, which is not "
+                           f'installed: pip install "flexmoe-bench[{extra}]"') from None
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 240
+    cpus_per_task: int = 1
+    gpus_per_task: int = 0
+    array_parallelism: int | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+    cluster: str = "slurm"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """Which executor and its settings (checked by :func:`parse_options`)."""
+
+    kind: str = "local"
+    jobs: int = 1
+    detach: bool = False
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    ray: RayOptions = field(default_factory=RayOptions)
+    #: Torch threads per pool worker when set (``check`` pins one, for bit-identical runs).
+    threads: int | None = None
+
+    @property
+    def remote(self) -> bool:
+        """Cells run elsewhere: the device is resolved there, not here."""
+        return self.kind in ("slurm", "ray")
+
+    def run_threads(self) -> int | None:
+        """Torch threads of one run: a pool worker's share of the cores, a SLURM or Ray
+        task's CPUs; None in this process (torch's own setting)."""
+        if self.kind == "process":
+            return self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
+        if self.kind == "slurm":
+            return self.slurm.cpus_per_task
+        if self.kind == "ray":
+            return max(1, int(self.ray.cpus_per_task))
+        return None
+
+
+def _flag(prefix: str, name: str) -> str:
+    return f"--{prefix}-{name.replace('_', '-')}"
+
+
+def slurm_minutes(text: str) -> int:
+    """SLURM's time formats (minutes, ``M:SS``, ``H:MM:SS``, ``D-H[:MM[:SS]]``) in whole
+    minutes, rounded up."""
+    m = _SLURM_TIME.match(str(text).strip())
+    if not m or (m[1] is None and m[3] is None and m[4] is not None):
+        raise ValueError(f"--slurm-time expects minutes, H:MM:SS or D-HH[:MM[:SS]] (SLURM's "
+                         f"formats), got {text!r}")
+    days, a, b, c = (int(x) if x is not None else None for x in m.groups())
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:  # H:M:S
+        seconds = a * 3600 + b * 60 + c
+    elif b is not None:  # M:S
+        seconds = a * 60 + b
+    else:
+        seconds = a * 60
+    if seconds <= 0:
+        raise ValueError(f"--slurm-time must be positive, got {text!r}")
+    return -(-seconds // 60)
+
+
+def _slurm_options(given: Mapping[str, Any]) -> SlurmOptions:
+    extra = []
+    for item in given.get("extra") or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip().replace("_", "-")
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", key) or not value.strip():
+            raise ValueError(f"--slurm-extra expects KEY=VALUE with an sbatch option name, e.g. "
+                             f"mem=16G or account=myproject, got {item!r}")
+        if key in _OWN_SLURM_FLAGS:
+            raise ValueError(f"--slurm-extra does not take {key}: {_OWN_SLURM_FLAGS[key]}")
+        extra.append((key, value.strip()))
+    for name, least in (("cpus_per_task", 1), ("gpus_per_task", 0), ("array_parallelism", 1)):
+        if given.get(name) is not None and given[name] < least:
+            raise ValueError(f"{_flag('slurm', name)} must be at least {least}, "
+                             f"got {given[name]}")
+    time_min = slurm_minutes(given["time"]) if given.get("time") is not None else None
+    values = {"partition": given.get("partition"), "time_min": time_min,
+              "cpus_per_task": given.get("cpus_per_task"),
+              "gpus_per_task": given.get("gpus_per_task"),
+              "array_parallelism": given.get("array_parallelism"), "extra": tuple(extra),
+              "cluster": given.get("cluster")}
+    return SlurmOptions(**{k: v for k, v in values.items() if v is not None})
+
+
+def parse_options(kind: str | None = None, jobs: int = 1, detach: bool = False,
+                  slurm: Mapping[str, Any] | None = None,
+                  ray: Mapping[str, Any] | None = None) -> Options:
+    """Check the executor settings of the command line, each misuse one clear error.
+
+    ``slurm`` / ``ray``: option name → value as given (None or empty when not given).
+    ``kind=None`` means ``process`` with ``jobs > 1``, else ``local``.
+    """
+    slurm = {k: v for k, v in (slurm or {}).items() if v is not None and v != []}
+    ray = {k: v for k, v in (ray or {}).items() if v is not None}
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    kind = kind or ("process" if jobs > 1 else "local")
+    if kind not in KINDS:
+        raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(KINDS)}")
+    if jobs > 1 and kind != "process":
+        raise ValueError(f"--jobs sizes the local process pool (--executor process); "
+                         f"--executor {kind} runs " + ("one run at a time" if kind == "local"
+                                                       else "one task per run"))
+    for prefix, given in (("slurm", slurm), ("ray", ray)):
+        if given and kind != prefix:
+            raise ValueError(f"{_flag(prefix, sorted(given)[0])} needs --executor {prefix} "
+                             f"(got --executor {kind})")
+    if detach and kind not in ("slurm", "ray"):
+        raise ValueError("--detach needs --executor slurm or ray: a scheduler that trains the "
+                         "runs after this process has returned")
+    if detach and kind == "ray" and not ray.get("address"):
+        raise ValueError("--detach with Ray needs --ray-address of a running cluster: a Ray "
+                         "instance started here ends with this process")
+    if kind == "slurm":
+        options = Options(kind, jobs, detach, slurm=_slurm_options(slurm))
+        require("submitit", "slurm")
+        return options
+    if kind == "ray":
+        if ray.get("cpus_per_task", 1) <= 0 or ray.get("gpus_per_task", 0) < 0:
+            raise ValueError(f"--ray-cpus-per-task must be positive and --ray-gpus-per-task at "
+                             f"least 0, got {ray.get('cpus_per_task', 1)} and "
+                             f"{ray.get('gpus_per_task', 0)}")
+        options = Options(kind, jobs, detach, ray=RayOptions(**ray))
+        require("ray", "ray")
+        return options
+    return Options(kind, jobs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The executor options, as one argument group of ``parser``."""
+    where = parser.add_argument_group(
+        "where runs train", "local (default): in this process; process: --jobs N worker "
+        'processes; slurm: a SLURM job array (pip install "flexmoe-bench[slurm]"); ray: Ray '
+        'tasks (pip install "flexmoe-bench[ray]"). On a cluster the store must sit on a file '
+        "system the nodes share.")
+    add = where.add_argument
+    add("--executor", choices=KINDS, default=None,
+        help="default: process with --jobs N > 1, else local")
+    add("--jobs", type=int, default=1, help="worker processes of --executor process (default 1)")
+    add("--detach", action="store_true", help="slurm / ray: submit and return; a later run of "
+        "the same grid or 'status' takes in the results")
+    add("--slurm-partition", default=None, metavar="NAME")
+    add("--slurm-time", default=None, metavar="TIME",
+        help="time limit per run: minutes, H:MM:SS or D-HH:MM:SS (default 4:00:00)")
+    add("--slurm-cpus-per-task", type=int, default=None, metavar="N",
+        help="CPUs (torch threads) per run (default 1)")
+    add("--slurm-gpus-per-task", type=int, default=None, metavar="N",
+        help="GPUs per run (default 0)")
+    add("--slurm-array-parallelism", type=int, default=None, metavar="N",
+        help="at most N runs of the array at once (default: submitit's 256)")
+    add("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+        help="another sbatch option, e.g. mem=16G or account=NAME (repeatable)")
+    add("--slurm-cluster", choices=["slurm", "local"], default=None,
+        help="local: run the job array as local processes through submitit, to try a set-up "
+        "without a cluster (default slurm)")
+    add("--ray-address", default=None, metavar="HOST:PORT",
+        help="join this running Ray cluster (default: start a local instance)")
+    add("--ray-cpus-per-task", type=float, default=None, metavar="N",
+        help="CPUs per run (default 1)")
+    add("--ray-gpus-per-task", type=float, default=None, metavar="N",
+        help="GPUs per run (default 0)")
+
+
+def from_args(args: argparse.Namespace) -> Options:
+    """:func:`parse_options` of the options :func:`add_arguments` parsed."""
+    return parse_options(
+        args.executor, args.jobs, args.detach,
+        slurm={k: getattr(args, f"slurm_{k}") for k in (
+            "partition", "time", "cpus_per_task", "gpus_per_task", "array_parallelism",
+            "extra", "cluster")},
+        ray={k: getattr(args, f"ray_{k}") for k in ("address", "cpus_per_task",
+                                                    "gpus_per_task")})

@@ -1,0 +1,1 @@
+"""A run's identity: the resolved configuration that is hashed into its key."""

@@ -1,0 +1,1 @@
+"""Stored runs made readable: tables, figures, the context lines and the HTML report."""
