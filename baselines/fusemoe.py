@@ -17,8 +17,10 @@ Choices:
 * [code] Each of ``num_layers`` layers, per modality i (own weights per modality):
   ``x_i += SelfAttn_i(LN(x_i))`` (the shared :class:`~bench.blocks.Attention`, ``num_heads``
   8, whose output dropout is the residual dropout; its q/kv projections have no bias, unlike
-  fairseq's MHA), then the MoE over whole sequences: ``u_i = flatten(LN(x_i)) ∈ R^{P·H}``
-  (how, next item),
+  fairseq's MHA; ``attn_bias=True`` [code]: the released projections, q/k/v with biases, the
+  stacked (3H, H) and the output weights xavier-uniform, biases zero — a local module, as the
+  shared one takes no bias), then the MoE over whole sequences:
+  ``u_i = flatten(LN(x_i)) ∈ R^{P·H}`` (how, next item),
   ``x_i += Dropout(y_i)`` with y split into M chunks of P·H, then the FFN
   ``x_i += Dropout(fc2(Dropout(ReLU(fc1(LN(x_i))))))``, fc1 H → 4H. After the stack a
   LayerNorm per modality.
@@ -32,23 +34,35 @@ Choices:
   should be one sample's sequence, so that a prediction does not change with the batch it
   sits in (its batch-mates, its order, the batch size in evaluation). ``flatten="batch"``
   reproduces the released reshape, for fidelity checks only (not with ``skip_missing_moe``).
+  (The released training batch is 1, where the reshape is per sample; its evaluation batch,
+  8, mixes samples.)
 * [code] ``router_type="permod"`` (default; the paper's per-modality routers): one
   :class:`~flexmoe.moe.NoisyTopKGate` per modality on u_i, one shared pool of E experts
-  R^{P·H} → R^{M·P·H}, ``y = Σ_i MoE_i(u_i)``. The gates are registered modules, so they
-  train — in the read code they sit in a plain Python list and never do. All modalities'
-  assignments go through the experts in one ``dispatch`` call. ``"joint"``: one
+  R^{P·H} → R^{M·P·H}, ``y = Σ_i MoE_i(u_i)``. All modalities' assignments go through the
+  experts in one ``dispatch`` call. [ours] ``train_routers=True``: the gates are registered
+  modules and train. [code] In the released MoE they sit in a plain Python list, so they stay
+  zero and never train: every Laplace logit ties (−‖u_i‖) and the noise alone (scale
+  softplus(0) + 0.01 ≈ 0.70) picks k experts uniformly at random, with random weights —
+  released per-modality routing is random top-k. ``train_routers=False`` reproduces that
+  (gates zero and frozen; with ``eval_noise=True`` random at evaluation too; permod only:
+  the released joint router is a registered parameter and trains). ``"joint"``: one
   :class:`~flexmoe.moe.SparseMoE` whose gate and experts see concat(u_1..u_M) ∈ R^{M·P·H}.
   ``"disjoint"`` is not implemented.
 * [code] Gating: ``logits="laplace"`` (−‖u − w_e‖₂; ``"dot"`` is FuseMoE's "softmax"
-  gating), router weights zero-initialised (ties broken by the noise in training, by expert
-  order in evaluation), ``noisy=True`` (noise scale softplus(u·W_noise) + 0.01), softmax over
-  the k chosen logits, ``top_k`` 4.
-* [code] Experts: Linear(in, ``expert_hidden``) → GELU → Linear(expert_hidden, out), drawn as
-  ``nn.Linear`` layers are (``expert_init="linear"``; ``"fastmoe"`` keeps the shared layer's
-  FastMoE init). The dropout inside FuseMoE's experts is omitted (the shared experts have
-  none). ``expert_hidden`` 512 (``--hidden_size`` default, "hidden size of MLP second
-  layer"): an expert of the default IGCB model maps 2,048 → 512 → 8,192 (5.25 M parameters,
-  84 M for E = 16), which makes this the largest and slowest model of the suite.
+  gating), router weights zero-initialised, ``noisy=True`` (noise scale
+  softplus(u·W_noise) + 0.01), softmax over the k chosen logits, ``top_k`` 4. [code] The
+  released layer calls its MoE without ``train=False`` (the forward's default is True), so
+  the noise is added at evaluation too. [ours] ``eval_noise=False``: evaluation is noise-free
+  (zero-initialised ties go by expert order until the routers train); ``eval_noise=True``
+  adds the noise at evaluation as released.
+* [code] Experts: Linear(in, ``expert_hidden``) → GELU → Dropout → Linear(expert_hidden,
+  out), drawn as ``nn.Linear`` layers are (``expert_init="linear"``; ``"fastmoe"`` keeps the
+  shared layer's FastMoE init). The dropout is MoEConfig's default 0.1 (the layer does not
+  pass ``--dropout``); [ours] ``expert_dropout=0.0`` omits it (the shared experts have
+  none); 0.1 is the released value, applied after the activation as there. ``expert_hidden``
+  512 (``--hidden_size`` default, "hidden size of MLP second layer"): an expert of the
+  default IGCB model maps 2,048 → 512 → 8,192 (5.25 M parameters, 84 M for E = 16), which
+  makes this the largest and slowest model of the suite.
 * [code] ``combine="logmix"``: expert outputs pass a log-softmax over features and the
   mixture is taken in probability space, ``MoE(u) = log Σ_k g_k · exp(expert_k(u))`` (the
   released quirk). Each mixture is the log of a distribution over M·P·H features, so it sits
@@ -75,13 +89,24 @@ Choices:
 * Head: ``head="linear"`` [ours]: mean over each modality's tokens, concatenated, one
   Linear → C; ``"residual"``: the same pooled vector z, ``z + fc2(Dropout(ReLU(fc1(z))))``,
   then Linear → C [code, fork only: ``FlexiModalMULTCrossModel``, a PAMAP2 class that exists
-  only in the fork pham156/FuseMoE_poly, not in the released code]; the released
-  ``MULTCrossModel`` has the same residual MLP but on each modality's last position
-  (``hid[-1]``), not on the mean.
+  only in the fork pham156/FuseMoE_poly, not in the released code]; ``"released"`` [code]:
+  the released ``MULTCrossModel`` head, that residual MLP on the concatenation of each
+  modality's last position after the final LayerNorm (``hid[-1]``) instead of the mean (on
+  patch tokens the last position is the feature vector's last chunk, not a latest time step).
 * Hyper-parameters: dropout 0.1 everywhere and 8 heads [code defaults]; E 16, k 4, H 128,
-  P 16, 1 layer, permod + Laplace [ours, the Flex-MoE setting]; training by the shared
-  protocol (Adam lr 1e-4, batch 8, 50 epochs; the code's own 4e-4 with weight decay and a
-  scheduler is not used).
+  P 16, 1 layer, permod + Laplace [ours, the Flex-MoE setting]; [code] the released defaults
+  are 3 cross layers (``--cross_layers``), and its shipped script (``run_mimiciv.sh``) routes
+  with one joint Laplace router, E = 3, k = 2, expert hidden 512, H 128 (constructor options
+  here). [code] Released training: Adam lr 4e-4 (``--ts_learning_rate``), no weight decay
+  (``--weight_decay`` 0.01 is parsed but never given to the optimiser), no scheduler
+  (``--lr_scheduler_type`` is parsed, none is built), batch 1 with 16 accumulation steps
+  (loss / 16, an effective batch of 16), 8 epochs, fp16 mixed precision, unweighted
+  cross-entropy, best epoch by validation F1 (strictly higher; positive-class F1 at 0.5
+  for in-hospital mortality, macro-F1 for phenotypes). [ours] The suite's shared protocol
+  (docs/models §0.4, ``bench.model.SHARED_TRAINING``) replaces the learning rate (1e-4), the
+  batch (8, no accumulation), the epochs (50), the precision (float32), the loss's class
+  weights (the data set's, MIMIC 0.25 / 0.75) and the selection (best validation
+  accuracy); Adam without weight decay or scheduler is the same.
 """
 
 from __future__ import annotations
@@ -93,7 +118,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from bench.blocks import Attention, Dropout, MissingFill, ModalityTokenizer
+from bench.blocks import Attention, Dropout, MissingFill, ModalityTokenizer, attend_heads
 from bench.data.core import Batch, DataSpec
 from bench.model import BenchModel
 from bench.registry import register_model
@@ -101,7 +126,7 @@ from flexmoe.moe import Experts, GateOutput, NoisyTopKGate, SparseMoE, balance_l
 
 RouterType = Literal["permod", "joint"]
 ExpertInit = Literal["linear", "fastmoe"]
-Head = Literal["linear", "residual"]
+Head = Literal["linear", "residual", "released"]
 Combine = Literal["logmix", "sum"]
 GateLogits = Literal["laplace", "dot"]
 Flatten = Literal["sample", "batch"]
@@ -118,8 +143,46 @@ def linear_init_(experts: Experts) -> None:
             b.uniform_(-bound, bound)
 
 
+class DropoutExperts(Experts):
+    """The given experts' parameters (taken over, not redrawn) with dropout after the
+    activation, as the released expert: fc1 → GELU → Dropout → fc2."""
+
+    def __init__(self, experts: Experts, p: float) -> None:
+        nn.Module.__init__(self)
+        self.num_experts, self.activation = experts.num_experts, experts.activation
+        self.w1, self.b1, self.w2, self.b2 = experts.w1, experts.b1, experts.w2, experts.b2
+        self.drop = Dropout(p)
+
+    def _act(self, h: Tensor) -> Tensor:
+        return self.drop(super()._act(h))
+
+
+class BiasedAttention(nn.Module):
+    """Self-attention with the released (fairseq) projections: q/k/v from one (3H, H) matrix
+    with bias, weights xavier-uniform, biases zero; dropouts as the shared Attention."""
+
+    def __init__(self, hidden: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % num_heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        for lin in (self.qkv, self.proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.attn_drop, self.proj_drop = Dropout(dropout), Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, h = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        a = attend_heads(q, k, v, self.attn_drop)
+        return self.proj_drop(self.proj(a.transpose(1, 2).reshape(b, n, h)))
+
+
 class ResidualHead(nn.Module):
-    """z + fc2(Dropout(ReLU(fc1(z)))), then Linear → C (the fork's FlexiModalMULTCrossModel)."""
+    """z + fc2(Dropout(ReLU(fc1(z)))), then Linear → C (the fork's FlexiModalMULTCrossModel on
+    the mean; the released MULTCrossModel on last positions)."""
 
     def __init__(self, width: int, num_classes: int, dropout: float) -> None:
         super().__init__()
@@ -170,16 +233,18 @@ class FuseMoELayer(nn.Module):
     def __init__(self, num_modalities: int, num_patches: int, hidden: int, num_heads: int,
                  num_experts: int, top_k: int, expert_hidden: int, router_type: str,
                  logits: str, noisy: bool, combine: str, dropout: float,
-                 flatten: Flatten = "sample") -> None:
+                 flatten: Flatten = "sample", eval_noise: bool = False,
+                 expert_dropout: float = 0.0, attn_bias: bool = False) -> None:
         super().__init__()
         m, d = num_modalities, num_patches * hidden
-        self.router_type, self.flatten = router_type, flatten
+        self.router_type, self.flatten, self.eval_noise = router_type, flatten, eval_noise
 
         def per_modality(make: Callable[[], nn.Module]) -> nn.ModuleList:
             return nn.ModuleList(make() for _ in range(m))
 
         self.attn_norms = per_modality(lambda: nn.LayerNorm(hidden))
-        self.attns = per_modality(lambda: Attention(hidden, num_heads, dropout))
+        attention = BiasedAttention if attn_bias else Attention
+        self.attns = per_modality(lambda: attention(hidden, num_heads, dropout))
         self.moe_norms = per_modality(lambda: nn.LayerNorm(hidden))
         if router_type == "permod":
             self.moe: nn.Module = PerModalityMoE(m, d, num_experts, top_k, expert_hidden, noisy,
@@ -187,18 +252,31 @@ class FuseMoELayer(nn.Module):
         else:
             self.moe = SparseMoE(m * d, num_experts, top_k, expert_hidden, m * d, noisy, logits,
                                  gate_init="zeros", combine=combine)
+        if expert_dropout:
+            self.moe.experts = DropoutExperts(self.moe.experts, expert_dropout)
         self.ffn_norms = per_modality(lambda: nn.LayerNorm(hidden))
         self.ffns = per_modality(lambda: nn.Sequential(
             nn.Linear(hidden, 4 * hidden), nn.ReLU(), Dropout(dropout),
             nn.Linear(4 * hidden, hidden)))
         self.drop = Dropout(dropout)
 
+    def gates(self) -> list[NoisyTopKGate]:
+        """The routers of this layer's MoE."""
+        return list(self.moe.gates) if self.router_type == "permod" else [self.moe.gate]
+
     def route(self, u: Tensor, keep: Tensor | None) -> tuple[Tensor, list[GateOutput]]:
         """The MoE over flattened sequences u [M, B, P·H] → ([B, M·P·H], routing states)."""
-        if self.router_type == "permod":
-            return self.moe(u, keep)
-        y, gate = self.moe(u.transpose(0, 1).flatten(1))
-        return y, [gate]
+        noisy_eval = self.gates() if self.eval_noise and not self.training else []
+        for gate in noisy_eval:  # as released: the MoE is never told that it evaluates
+            gate.train()
+        try:
+            if self.router_type == "permod":
+                return self.moe(u, keep)
+            y, gate = self.moe(u.transpose(0, 1).flatten(1))
+            return y, [gate]
+        finally:
+            for gate in noisy_eval:
+                gate.eval()
 
     def to_vector(self, x: Tensor) -> Tensor:
         """[B, P, H] → [B, P·H]: per sample, or (``"batch"``) the released time-first reshape."""
@@ -236,7 +314,14 @@ class FuseMoE(BenchModel):
                  noisy: bool = True, combine: Combine = "logmix", balance_weight: float = 0.0,
                  expert_init: ExpertInit = "linear", skip_missing_moe: bool = False,
                  head: Head = "linear", missing_fill: MissingFill = "zero_embed",
-                 flatten: Flatten = "sample") -> None:
+                 flatten: Flatten = "sample", eval_noise: bool = False,
+                 train_routers: bool = True, expert_dropout: float = 0.0,
+                 attn_bias: bool = False) -> None:
+        """Released values where they differ from these defaults: ``eval_noise=True`` (noise
+        at evaluation), ``train_routers=False`` (per-modality routers zero and untrained),
+        ``expert_dropout=0.1``, ``attn_bias=True``, ``head="released"``,
+        ``flatten="batch"``, ``num_layers=3``; its script: ``router_type="joint"``,
+        ``num_experts=3``, ``top_k=2``."""
         super().__init__(spec)
         if router_type not in ROUTER_TYPES:
             raise ValueError(f"router_type must be one of {ROUTER_TYPES}, got {router_type!r}")
@@ -254,6 +339,12 @@ class FuseMoE(BenchModel):
         if skip_missing_moe and flatten != "sample":
             raise ValueError("skip_missing_moe needs flatten='sample' (a batch-flattened "
                              "vector mixes samples)")
+        if eval_noise and not noisy:
+            raise ValueError("eval_noise needs noisy=True (it adds the router noise at "
+                             "evaluation)")
+        if not train_routers and router_type != "permod":
+            raise ValueError("train_routers=False needs router_type='permod' (the released "
+                             "joint router is a registered parameter and trains)")
         m = spec.num_modalities
         self.router_type, self.skip_missing_moe = router_type, skip_missing_moe
         self.missing_fill, self.balance_weight = missing_fill, balance_weight
@@ -264,14 +355,19 @@ class FuseMoE(BenchModel):
         self.embed_drop = Dropout(dropout)
         self.layers = nn.ModuleList(
             FuseMoELayer(m, num_patches, hidden, num_heads, num_experts, top_k, expert_hidden,
-                         router_type, logits, noisy, combine, dropout, flatten)
+                         router_type, logits, noisy, combine, dropout, flatten, eval_noise,
+                         expert_dropout, attn_bias)
             for _ in range(num_layers))
-        if expert_init == "linear":
-            for layer in self.layers:
+        for layer in self.layers:
+            if expert_init == "linear":
                 linear_init_(layer.moe.experts)
+            if not train_routers:  # as released: zero-initialised and never trained
+                for gate in layer.gates():
+                    gate.requires_grad_(False)
         self.final_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(m))
         self.head = (nn.Linear(m * hidden, spec.num_classes) if head == "linear"
                      else ResidualHead(m * hidden, spec.num_classes, dropout))
+        self.pool_last = head == "released"
 
     def run_info(self) -> dict[str, Any]:
         return {"missing_fill": self.missing_fill, "router_type": self.router_type,
@@ -295,5 +391,8 @@ class FuseMoE(BenchModel):
             xs, gates = layer(xs, keep)
             if self.balance_weight:  # the released training adds no balance loss
                 aux = aux + self.balance_weight * sum(balance_loss(g) for g in gates)
-        pooled = torch.cat([norm(x).mean(1) for x, norm in zip(xs, self.final_norms)], dim=1)
+        if self.pool_last:  # the released head: each modality's last position
+            pooled = torch.cat([norm(x)[:, -1] for x, norm in zip(xs, self.final_norms)], 1)
+        else:
+            pooled = torch.cat([norm(x).mean(1) for x, norm in zip(xs, self.final_norms)], dim=1)
         return self.head(pooled), aux

@@ -15,8 +15,12 @@ Choices (docs/models §11; [code] = Raina-Xin/I2MoE):
   run the dense backbone. [ours] Its gate loss is the balance loss cv²(Σ importance) +
   cv²(Σ load) per modality chunk (no combination cross-entropy), summed over chunks and
   sparse layers, averaged over every pass of every expert and weighted by
-  ``gate_loss_weight`` [unverified, 0.01 as Flex-MoE]; ``num_experts=16``, ``top_k=4``
-  [unverified, Flex-MoE's]. Unlike the released code, which averages the gate losses
+  ``gate_loss_weight`` (0.01 [code]: the ``--gate_loss_weight`` default of
+  ``src/imoe/train_transformer.py``, which the scripts pass too); ``num_experts=16`` [code:
+  the ``--num_experts`` default; the scripts pass 8 for ADNI, 4 for MIMIC-IV, unused by their
+  dense backbone]; ``top_k=4`` [ours, Flex-MoE's]: the released top-k is 2 [code: the
+  ``--top_k`` default, that of its ``TransformerEncoderLayer`` and ``FMoETransformerMLP``, and
+  the scripts' value]. Unlike the released code, which averages the gate losses
   through ``torch.tensor(list)`` and so detaches them, the loss here keeps its gradient.
 * [code] M + 2 interaction experts, deep copies of one initialised backbone (they start
   identical): uniqueness U_1…U_M, synergy S, redundancy R.
