@@ -307,6 +307,9 @@ class FuseMoELayer(nn.Module):
 class FuseMoE(BenchModel):
     """Per-modality self-attention + a sequence-level Laplace-gated sparse MoE fusion layer."""
 
+    hparams_added = {"eval_noise": False, "train_routers": True, "expert_dropout": 0.0,
+                     "attn_bias": False}
+
     def __init__(self, spec: DataSpec, hidden: int = 128, num_patches: int = 16,
                  num_experts: int = 16, top_k: int = 4, expert_hidden: int = 512,
                  num_heads: int = 8, num_layers: int = 1, dropout: float = 0.1,

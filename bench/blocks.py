@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.data.core import Batch, DataSpec
+from bench.errors import UserError
 
 #: How a model without its own missing-modality mechanism fills a missing modality.
 MissingFill = Literal["zero_embed", "zero_input"]
@@ -31,7 +32,7 @@ ATTN_DROPOUTS: tuple[str, ...] = get_args(AttnDropouts)
 def check_missing_fill(missing_fill: str) -> str:
     """``missing_fill`` if it names one of :data:`MISSING_FILLS`, else a ValueError."""
     if missing_fill not in MISSING_FILLS:
-        raise ValueError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
+        raise UserError(f"missing_fill must be one of {MISSING_FILLS}, got {missing_fill!r}")
     return missing_fill
 
 
@@ -116,7 +117,7 @@ class Dropout(nn.Module):
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+            raise UserError(f"dropout probability must lie in [0, 1), got {p}")
         self.p = p
         self.bits = _bits_per_draw(p)
         table = None
@@ -176,7 +177,7 @@ class Attention(nn.Module):
                  proj_drop: bool = True) -> None:
         super().__init__()
         if hidden % num_heads:
-            raise ValueError(f"hidden size {hidden} is not divisible by {num_heads} heads")
+            raise UserError(f"hidden size {hidden} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.q = nn.Linear(hidden, hidden, bias=False)
         self.kv = nn.Linear(hidden, 2 * hidden, bias=False)
@@ -224,11 +225,11 @@ class TransformerBlock(nn.Module):
                  attn_dropouts: AttnDropouts = "twice") -> None:
         super().__init__()
         if attn_residual not in get_args(AttnResidual):
-            raise ValueError("attn_residual must be 'official' or 'standard', "
-                             f"got {attn_residual!r}")
+            raise UserError("attn_residual must be 'official' or 'standard', "
+                            f"got {attn_residual!r}")
         if attn_dropouts not in ATTN_DROPOUTS:
-            raise ValueError(f"attn_dropouts must be one of {ATTN_DROPOUTS}, "
-                             f"got {attn_dropouts!r}")
+            raise UserError(f"attn_dropouts must be one of {ATTN_DROPOUTS}, "
+                            f"got {attn_dropouts!r}")
         self.attn_residual, self.attn_dropouts = attn_residual, attn_dropouts
         self.norm1 = nn.LayerNorm(hidden)
         self.attn = Attention(hidden, num_heads, dropout, proj_drop=attn_dropouts == "twice")
@@ -250,7 +251,7 @@ def mlp_head(d_in: int, d_out: int, hidden: int | None = None, num_layers: int =
              dropout: float = 0.0) -> nn.Sequential:
     """A classification head: one Linear, or ``num_layers`` Linear–ReLU–Dropout layers."""
     if num_layers < 1:
-        raise ValueError("num_layers must be at least 1")
+        raise UserError("num_layers must be at least 1")
     hidden = hidden or d_in
     layers: list[nn.Module] = []
     width = d_in

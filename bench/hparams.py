@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+from bench.errors import UserError
+
 
 @dataclass(frozen=True)
 class Range:
@@ -37,15 +39,22 @@ class Range:
 
     def __str__(self) -> str:
         if self.high is None:
-            return f"{'>' if self.low_open else '≥'} {self.low:g}"
-        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.high_open else ']'}")
+            return f"{'>' if self.low_open else '≥'} {_number(self.low)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, "
+                f"{_number(self.high)}{')' if self.high_open else ']'}")
+
+
+def _number(x: float) -> str:
+    """A bound as people write it: 4,294,967,295 rather than 4.29497e+09."""
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 1e6 else f"{x:g}"
 
 
 POSITIVE = Range(0, None, low_open=True)
 NON_NEGATIVE = Range(0, None)
 AT_LEAST_ONE = Range(1, None)
 PROBABILITY = Range(0, 1, high_open=True)
+#: Seeds: NumPy takes at most 32 bits, and the store keeps 64-bit integers.
+SEED = Range(0, 2**32 - 1)
 
 #: The training settings every run has, with their types and ranges.
 TRAIN_TYPES: dict[str, type] = {"lr": float, "batch_size": int, "epochs": int,
@@ -63,7 +72,7 @@ RANGES: tuple[tuple[str, Range], ...] = (
 )
 
 
-class SettingError(ValueError):
+class SettingError(UserError):
     """A setting of the wrong type or out of range; the message says what is expected."""
 
 

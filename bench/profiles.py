@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.data.core import combinations
+from bench.errors import UserError
 
 #: Combination rules: ``full`` = the full set alone; ``pair-and-full`` = the first two
 #: modalities and the full set; ``two-or-more`` = every combination of two or more
@@ -50,8 +51,8 @@ class Profile:
 
     def __post_init__(self) -> None:
         if self.combos not in COMBO_RULES:
-            raise ValueError(f"profile {self.name!r}: combination rule {self.combos!r} is "
-                             f"not one of {', '.join(COMBO_RULES)}")
+            raise UserError(f"profile {self.name!r}: combination rule {self.combos!r} is "
+                            f"not one of {', '.join(COMBO_RULES)}")
 
     def train_settings(self, model: str | None = None) -> dict[str, Any]:
         """Training settings the profile imposes on ``model`` (``--set`` wins)."""
@@ -117,5 +118,5 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
-        raise KeyError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+        raise UserError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     return PROFILES[name]

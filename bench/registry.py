@@ -13,12 +13,16 @@ import importlib.util
 import inspect
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.data.core import DataSpec
+from bench.errors import UserError
 from bench.hparams import TRAIN_TYPES, SettingError, check_value, signature_types
 from bench.profiles import get_profile
 
@@ -39,11 +43,17 @@ def register_model(name: str) -> Callable[[type], type]:
 
     def wrap(cls: type) -> type:
         if name in _models and _models[name] is not cls:
-            raise ValueError(f"model name {name!r} is already registered by "
-                             f"{_models[name].__module__}.{_models[name].__qualname__}")
+            raise UserError(f"model name {name!r} is already registered by "
+                            f"{_models[name].__module__}.{_models[name].__qualname__}")
         if not callable(getattr(cls, "default_hparams", None)):
             raise TypeError(f"model {name!r} must define default_hparams(spec); "
                             "subclass bench.model.BenchModel")
+        defaults = {k: d for k, (_, d) in model_settings(cls).items()}
+        wrong = {k: v for k, v in getattr(cls, "hparams_added", {}).items()
+                 if defaults.get(k, inspect.Parameter.empty) != v}
+        if wrong:
+            raise TypeError(f"model {name!r}: hparams_added {wrong} must name constructor "
+                            "arguments at their defaults")
         cls.model_name = name
         _models[name] = cls
         return cls
@@ -83,26 +93,50 @@ def load_builtins() -> None:
 
 
 def load_plugin(module: str) -> None:
-    """Import a user's module or ``.py`` file (``--plugin``) so that what it registers joins."""
+    """Import a user's module or ``.py`` file (``--plugin``) so that what it registers joins.
+    A plug-in that cannot be found, does not parse or fails while importing is a
+    :class:`~bench.errors.UserError` naming the plug-in and where it failed."""
     load_builtins()
     if module.endswith(".py"):
         path = Path(module).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"plug-in file {module} does not exist")
+            raise UserError(f"plug-in file {module} does not exist (or is not a file)")
         name = f"flexmoe_bench_plugin_{path.stem}"
         if name in sys.modules:
             return
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
-        spec.loader.exec_module(mod)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as exc:
+            del sys.modules[name]
+            raise UserError(f"plug-in {module} failed while importing: "
+                            f"{_where(exc, path)}; fix it (python {module} shows the whole "
+                            "traceback)") from exc
         return
     try:
         importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"could not import plug-in module {module!r}: {exc}. Pass an "
-                          "importable module name (on PYTHONPATH or installed) or a .py "
-                          "file") from exc
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise UserError(f"could not import plug-in module {module!r}: {exc}. Pass an "
+                            "importable module name (on PYTHONPATH or installed) or a .py "
+                            "file") from exc
+        raise UserError(f"plug-in module {module!r} failed while importing: {exc}") from exc
+    except Exception as exc:
+        raise UserError(f"plug-in module {module!r} failed while importing: "
+                        f"{_where(exc, None)}; fix it (python -c 'import {module}' shows the "
+                        "whole traceback)") from exc
+
+
+def _where(exc: BaseException, path: Path | None) -> str:
+    """``Type: message (file, line N)`` for an exception raised by a plug-in's code."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if path is None or Path(f.filename) == path] or frames
+    where = f" ({own[-1].filename}, line {own[-1].lineno})" if own else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def list_models(variants: bool = True) -> list[str]:
@@ -121,7 +155,7 @@ def list_datasets() -> list[str]:
 def model_class(name: str) -> type:
     load_builtins()
     if name not in _models:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(_models))}")
+        raise UserError(f"unknown model {name!r}; registered models: {', '.join(sorted(_models))}")
     return _models[name]
 
 
@@ -129,8 +163,8 @@ def dataset_loader(name: str) -> Callable[..., Any]:
     """The loader function registered as ``name`` (``folder`` for ``folder:PATH``)."""
     load_builtins()
     if name not in _datasets:
-        raise KeyError(f"unknown data set {name!r}; registered data sets: "
-                       f"{', '.join(sorted(_datasets))} (or folder:PATH)")
+        raise UserError(f"unknown data set {name!r}; registered data sets: "
+                        f"{', '.join(sorted(_datasets))} (or folder:PATH)")
     return _datasets[name]
 
 
@@ -161,7 +195,9 @@ def resolve_hparams(name: str, spec: DataSpec, overrides: dict[str, Any] | None 
     Constructor defaults, then the model's defaults for the data set, the profile's training
     settings and the overrides; every training setting and constructor argument appears, each
     checked against its annotation and range (:mod:`bench.hparams`) and normalised, so one
-    setting is one key. Unknown keys and bad values are errors that say what is expected.
+    setting is one key — but a setting the model added later (``hparams_added``) while it
+    holds the value stored runs had. Unknown keys and bad values are errors that say what is
+    expected.
     """
     cls = model_class(name)
     settings = model_settings(cls)
@@ -171,8 +207,8 @@ def resolve_hparams(name: str, spec: DataSpec, overrides: dict[str, Any] | None 
         hp.update(get_profile(profile).train_settings(getattr(cls, "variant_of", None) or name))
     for key, value in (overrides or {}).items():
         if key not in settings:
-            raise KeyError(f"model {name!r} has no hyper-parameter {key!r}; it accepts: "
-                           f"{', '.join(sorted(settings))}")
+            raise UserError(f"model {name!r} has no hyper-parameter {key!r}; it accepts: "
+                            f"{', '.join(sorted(settings))}")
         hp[key] = value
     unknown = sorted(set(hp) - set(settings))
     if unknown:
@@ -183,8 +219,10 @@ def resolve_hparams(name: str, spec: DataSpec, overrides: dict[str, Any] | None 
         raise SettingError(f"model {name!r}: no value for {', '.join(missing)}; give it with "
                            "--set KEY=VALUE or a default in the constructor")
     ranges = getattr(cls, "hparam_ranges", None)
-    return {k: check_value(f"model {name!r}", k, hp[k], settings[k][0], ranges)
-            for k in sorted(hp)}
+    added = getattr(cls, "hparams_added", {})
+    checked = {k: check_value(f"model {name!r}", k, hp[k], settings[k][0], ranges)
+               for k in sorted(hp)}
+    return {k: v for k, v in checked.items() if k not in added or v != added[k]}
 
 
 def constructor_args(cls: type) -> list[str]:
@@ -199,8 +237,55 @@ def split_hparams(hparams: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 
 def build_model(name: str, spec: DataSpec, hparams: dict[str, Any]):
-    """Instantiate model ``name`` from an already resolved hyper-parameter dict."""
+    """Instantiate model ``name`` from an already resolved hyper-parameter dict, once
+    :func:`check_model` has found that its settings are accepted and that it fits."""
+    check_model(name, spec, hparams)
     return model_class(name)(spec, **split_hparams(hparams)[1])
+
+
+def check_model(name: str, spec: DataSpec, hparams: dict[str, Any]) -> None:
+    """Build model ``name`` on the meta device (no memory, no random draws) to check, before
+    anything trains, that its constructor accepts the settings — a refusal is a
+    :class:`~bench.hparams.SettingError` — and that training it fits in the memory this
+    machine has available."""
+    try:
+        with torch.device("meta"):
+            sized = model_class(name)(spec, **split_hparams(hparams)[1])
+    except (ValueError, TypeError) as exc:
+        raise SettingError(f"model {name!r} refuses its settings: {exc}") from exc
+    except Exception:  # an operation the meta device lacks: the real build will tell
+        logger.debug("model %r cannot be sized on the meta device", name, exc_info=True)
+        return
+    _check_memory(name, sized)
+
+
+#: Bytes per parameter while training: float32 weights, gradients and Adam's two moments.
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def _check_memory(name: str, model: Any) -> None:
+    """Refuse a model whose training state alone exceeds the memory available now (Linux's
+    MemAvailable; elsewhere unchecked), before a single byte of it is allocated."""
+    n = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    need = n * TRAINING_BYTES_PER_PARAM
+    free = _available_memory()
+    if free is not None and need > free:
+        raise SettingError(
+            f"model {name!r} with these settings has {n:,} parameters: training it needs "
+            f"about {need / 2**30:.1f} GiB (weights, gradients, Adam state) and this machine "
+            f"has {free / 2**30:.1f} GiB available; lower the size settings (--set hidden=…, "
+            "num_experts=…, num_layers=…)")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def create_model(name: str, spec: DataSpec, **overrides: Any):

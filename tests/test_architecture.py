@@ -16,7 +16,8 @@ PACKAGES = ("bench", "baselines", "flexmoe")
 #: Bottom to top; a module belongs to the layer of its longest matching prefix and may import
 #: only from its own layer or those below. The documentation's architecture page explains them.
 LAYERS = (
-    ("foundation", ("bench", "bench.resources", "bench.version", "bench.hparams")),
+    ("foundation", ("bench", "bench.resources", "bench.version", "bench.errors", "bench.threads",
+                    "bench.hparams")),
     ("data interface", ("bench.data.arrays", "bench.data.core", "bench.data.splits",
                         "bench.data.digest")),
     ("plug-in surface", ("bench.profiles", "bench.registry", "bench.model", "bench.blocks")),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.artefacts import reference
+from bench.artefacts import reference, reference_files
 from bench.cli.main import main
 
 GRID = {"synthetic-adni": ("IG",)}
@@ -40,21 +40,30 @@ def _edit(folder: Path, edit) -> None:
     path = folder / "synthetic-adni.json"
     data = json.loads(path.read_text())
     edit(data)
-    path.write_text(reference.Reference(data["dataset"], data["environment"], data["runs"]).text())
+    path.write_text(reference_files.Reference(data["dataset"], data["environment"],
+                                              data["runs"]).text())
+
+
+def _runs(data: dict) -> list[dict]:
+    """The model runs of a reference file (the context lines aside)."""
+    return [line for line in data["runs"] if not line["model"].startswith("(")]
 
 
 def test_reference_file_is_one_line_per_run_with_its_environment(refs: Path):
     text = (refs / "synthetic-adni.json").read_text()
     data = json.loads(text)
     assert [(r["model"], r["combo"], r["seed"]) for r in data["runs"]] == [
-        ("tf", "IG", 0), ("tf", "IG", 1)]
+        ("(logistic regression)", "IG", 0), ("(majority class)", "IG", 0),
+        ("tf", "IG", 0), ("tf", "IG", 1)]  # the context lines are guarded like a model
     for line in data["runs"]:  # each run is exactly one line of the file
         assert json.dumps(line, sort_keys=True) in [ln.rstrip(",") for ln in text.splitlines()]
-        assert 0 < line["test_acc"] <= 1 and line["params"] > 0 and line["n_test"] > 50
+        assert 0 < line["test_acc"] <= 1 and line["n_test"] > 50
+    for line in _runs(data):
+        assert line["params"] > 0
         assert isinstance(line["params"], int) and isinstance(line["best_epoch"], int)
     env = data["environment"]
     assert env["threads"] == 1 and env["device"] == "cpu" and env["torch"] and env[
-        "cpu_capability"] and env["cpu_isa"] == reference.cpu_isa()
+        "cpu_capability"] and env["cpu_isa"] == reference_files.cpu_isa()
     assert "max(1 / n_test" in data["tolerance"]["other_environment"]
 
 
@@ -70,7 +79,7 @@ def test_an_unchanged_tree_passes_and_update_changes_no_byte(store: Path, refs: 
 
 def test_one_perturbed_number_fails_naming_its_run(store: Path, refs: Path):
     def bump(data: dict) -> None:
-        data["runs"][1]["test_f1"] += 1e-6
+        _runs(data)[1]["test_f1"] += 1e-6
 
     _edit(refs, bump)
     out, passed = _check(store, refs)
@@ -102,12 +111,13 @@ def test_another_environment_compares_means_within_the_seeds_spread(store: Path,
     out, passed = _check(store, refs)
     assert passed and "environment differs" in out and "test_acc (mean of 2)" in out
     data = json.loads((refs / "synthetic-adni.json").read_text())
-    n_test = data["runs"][0]["n_test"]
-    spread = abs(data["runs"][0]["test_acc"] - data["runs"][1]["test_acc"]) / 2 ** 0.5
-    far = max(1 / n_test, reference.K_SIGMA * spread) + 0.01
+    runs = _runs(data)
+    n_test = runs[0]["n_test"]
+    spread = abs(runs[0]["test_acc"] - runs[1]["test_acc"]) / 2 ** 0.5
+    far = max(1 / n_test, reference_files.K_SIGMA * spread) + 0.01
 
     def move(d: dict) -> None:
-        for line in d["runs"]:
+        for line in _runs(d):
             line["test_acc"] -= far
 
     _edit(refs, move)
@@ -118,7 +128,7 @@ def test_another_environment_compares_means_within_the_seeds_spread(store: Path,
 def test_counts_are_exact_in_any_environment(store: Path, refs: Path):
     def change(d: dict) -> None:
         d["environment"]["torch"] = "0.0"
-        d["runs"][0]["fvcore_flops_per_sample"] += 1
+        _runs(d)[0]["fvcore_flops_per_sample"] += 1
 
     _edit(refs, change)
     out, passed = _check(store, refs)
@@ -137,9 +147,10 @@ def test_cli_exit_codes_and_json(store: Path, refs: Path, monkeypatch, capsys):
     monkeypatch.setattr(reference.registry, "list_models", lambda variants=True: MODELS)
     assert main(["check", "--store", str(store), "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] and report["same_environment"] and len(report["comparisons"]) == 2 * 7
+    # 7 per line (3 metrics, best_epoch, 3 exact counts): two runs and two context lines
+    assert report["ok"] and report["same_environment"] and len(report["comparisons"]) == 4 * 7
     shutil.copy(refs / "synthetic-adni.json", refs.parent / "kept.json")
-    _edit(refs, lambda d: d["runs"][0].update(params=d["runs"][0]["params"] + 1))
+    _edit(refs, lambda d: _runs(d)[0].update(params=_runs(d)[0]["params"] + 1))
     assert main(["check", "--store", str(store)]) == 1
     assert "FAIL" in capsys.readouterr().out
     assert main(["check", "--jobs", "0"]) == 2

@@ -10,6 +10,7 @@ import torch
 from bench.data.core import MultimodalData, combinations
 from bench.data.load import load_data
 from bench.data.splits import make_split, read_split_file
+from bench.errors import UserError
 from bench.registry import create_dataset
 from tests.conftest import toy_arrays
 
@@ -175,5 +176,5 @@ def test_folder_errors_name_the_file(tmp_path):
 
 
 def test_unknown_data_set_lists_known_ones():
-    with pytest.raises(KeyError, match="synthetic-adni"):
+    with pytest.raises(UserError, match="synthetic-adni"):
         create_dataset("adni-typo")

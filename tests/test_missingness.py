@@ -192,12 +192,16 @@ def test_mfeat_defaults_to_the_adni_pattern_through_its_role_map():
 
 def test_options_that_do_not_apply_stay_out_of_the_key():
     plain = resolve_data("synthetic-adni")[1]
-    assert resolve_data("synthetic-adni", {"missing": "none", "missing_rate": 0.5,
-                                           "missing_seed": 3})[1] == plain
-    assert resolve_data("synthetic-adni", {"missing": "adni", "missing_rate": 0.5})[1] == {
+    assert resolve_data("synthetic-adni", {"missing": "none"})[1] == plain
+    assert resolve_data("synthetic-adni", {"missing": "adni"})[1] == {
         **plain, "missing": "pattern=adni", "missing_seed": 0}
-    assert resolve_data("mfeat", {"missing": "none", "missing_seed": 4})[1] == {
+    assert resolve_data("mfeat", {"missing": "none"})[1] == {
         "eval": "complete", "missing": "none"}
+    # given where they cannot apply, they are an error rather than silently ignored
+    for options in ({"missing": "none", "missing_rate": 0.5}, {"missing_seed": 3},
+                    {"missing": "adni", "missing_rate": 0.5}):
+        with pytest.raises(SettingError, match="has no effect with missing="):
+            resolve_data("synthetic-adni", options)
     small = {"scale": 0.1}
     (none,) = build_grid(["tf"], "synthetic-adni", ["IG"], [0], data_options=small)
     (mcar,) = build_grid(["tf"], "synthetic-adni", ["IG"], [0],

@@ -10,6 +10,7 @@ from bench.artefacts import planning, spec
 from bench.artefacts.catalogue import ARTEFACTS, select
 from bench.artefacts.spec import ADNI_COMBOS, MODEL_LABELS, DatasetChoice
 from bench.artefacts.views import published
+from bench.errors import UserError
 
 
 def test_adni_tables_have_the_papers_rows_and_columns():
@@ -42,7 +43,7 @@ def test_select_names_tables_and_figures():
     assert [a.id for a in select("1, table4,fig6")] == ["table1", "table4", "fig6"]
     assert [a.id for a in select("all")] == [a for a in ARTEFACTS if a != "mechanisms"]
     assert [a.id for a in select("mechanisms")] == ["mechanisms"]
-    with pytest.raises(KeyError, match="unknown table or figure '5'"):
+    with pytest.raises(UserError, match="unknown table or figure '5'"):
         select("5")
 
 

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from bench import registry
+from bench.errors import UserError
 from bench.model import BenchModel
 from tests.conftest import spec_of
 
@@ -20,7 +21,7 @@ def isolated(monkeypatch):
 
 
 def test_unknown_model_lists_the_registered_ones():
-    with pytest.raises(KeyError) as info:
+    with pytest.raises(UserError) as info:
         registry.model_class("nope")
     assert "tf" in str(info.value) and "registered models" in str(info.value)
 
@@ -50,7 +51,7 @@ def test_hyper_parameters_resolve_defaults_profile_overrides():
     assert paper["epochs"] == 50 and paper["lr"] == 1e-4 and paper["batch_size"] == 8
     assert quick["epochs"] == 10 and quick["lr"] == 1e-4  # the shared schedule, own lr
     assert registry.resolve_hparams("tf", spec, {"lr": 0.01}, "paper")["lr"] == 0.01
-    with pytest.raises(KeyError, match="accepts"):
+    with pytest.raises(UserError, match="accepts"):
         registry.resolve_hparams("tf", spec, {"learning_rate": 0.01})
 
 
@@ -84,3 +85,27 @@ def test_entry_point_plugins_register_and_broken_ones_are_reported(isolated, mon
         names = isolated.list_models()
     assert "from-entry-point" in names and "tf" in names
     assert "plug-in bug" in caplog.text
+
+
+def test_a_setting_added_later_stays_out_of_the_key_at_its_old_value(adni):
+    """FuseMoE's released-behaviour options came after its runs were stored: at their
+    defaults they are not in the configuration (the stored runs keep their keys); set, they
+    are."""
+    spec = adni.spec("IGCB")
+    plain = registry.resolve_hparams("fusemoe", spec)
+    assert not set(registry.model_class("fusemoe").hparams_added) & set(plain)
+    noisy = registry.resolve_hparams("fusemoe", spec, {"eval_noise": True})
+    assert noisy == {**plain, "eval_noise": True}
+
+
+def test_hparams_added_must_hold_the_constructor_defaults(isolated):
+    from bench.model import BenchModel
+
+    class Late(BenchModel):
+        hparams_added = {"width": 3}
+
+        def __init__(self, spec, width: int = 2):
+            super().__init__(spec)
+
+    with pytest.raises(TypeError, match="hparams_added"):
+        registry.register_model("late-test-only")(Late)

@@ -84,11 +84,11 @@ def test_report_is_self_contained_html_with_a_markdown_twin(tmp_path):
     assert "> **Synthetic data.** synthetic stand-in: no adni" in md
 
 
-def _console(browser: str, page: Path) -> list[str]:
+def _console(browser: str, page: Path, *flags: str) -> list[str]:
     """Console messages (errors included) that headless Chromium logs for ``page``."""
     run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000",
-                          "--dump-dom", page.resolve().as_uri()],
+                          *flags, "--dump-dom", page.resolve().as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "</html>" in run.stdout
@@ -102,6 +102,29 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path):
     assert _console(CHROMIUM, broken)  # the check sees an error when there is one
     html_path, _ = _report(tmp_path)
     assert _console(CHROMIUM, html_path) == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+@pytest.mark.parametrize("width", [1400, 1920])
+def test_a_wide_table_never_makes_the_page_scroll_sideways(tmp_path, width):
+    """Table 4's shape (six models × four quantities, reproduced and published panels),
+    measured in headless Chromium: the page is no wider than the window."""
+    columns = [f"{m} {q}" for m in ("TF", "MulT", "MAG", "LIMoE", "FuseMoE", "Flex-MoE")
+               for q in ("ms / iteration", "GFLOP", "parameters (M)", "ACC (%)")]
+    mean = pd.DataFrame([[123.45] * len(columns)] * 3, columns=columns,
+                        index=pd.Index(["IG", "IGC", "IGCB"], name="combo"))
+    view = TableView("table4", "Table 4", "Cost on ADNI", "caption",
+                     [Panel("Reproduced", mean), Panel("Reproduced and published", mean)])
+    html_path, _ = write_report([Section("table4", "Table 4", "caption", view)], tmp_path,
+                                "report title", [])
+    probe = tmp_path / "probe.html"
+    probe.write_text(html_path.read_text().replace(
+        "</body>", "<script>console.log('WIDTHS ' + document.documentElement.scrollWidth + ' '"
+                   " + window.innerWidth)</script></body>"))
+    lines = _console(CHROMIUM, probe, f"--window-size={width},1000")
+    page, window = map(int, next(ln for ln in lines if "WIDTHS" in ln)
+                       .split("WIDTHS ")[1].split('"')[0].split()[:2])
+    assert window == width and page <= window, (page, window)
 
 
 def test_reproduce_trains_renders_and_resumes_from_the_store(tmp_path, capsys):

@@ -18,6 +18,7 @@ from bench.artefacts.spec import DatasetChoice
 from bench.artefacts.views import NOT_RUN, UNREGISTERED
 from bench.cli.main import main
 from bench.data.load import load_data
+from bench.errors import UserError
 from bench.identity.config import build_grid
 from bench.rendering.tables import to_html, to_markdown
 from bench.results.schema import COLUMNS
@@ -152,7 +153,7 @@ def test_robustness_runs_are_the_runs_of_run():
         assert [c.key for c in cells] == [c.key for c in plain]
     assert [a.id for a in select("robustness")] == ["robustness-adni", "robustness-mimic"]
     assert {"robustness-adni", "robustness-mimic"} <= {a.id for a in select("all")}
-    with pytest.raises(KeyError, match="robustness"):
+    with pytest.raises(UserError, match="robustness"):
         select("robustnes")
 
 

@@ -7,10 +7,13 @@ import os
 import pytest
 import torch
 
+from bench.errors import UserError
 from bench.execution.grid import run_grid
+from bench.hparams import SettingError
 from bench.identity.config import build_grid
 from bench.results.store import ResultStore
 from bench.training.run import execute
+from flexmoe.model import FlexMoE
 
 SMALL = {"scale": 0.2}
 FAST = {"epochs": 2}
@@ -35,7 +38,7 @@ def test_cells_are_keyed_by_their_resolved_configuration():
 
 
 def test_unknown_hyper_parameter_fails_before_training():
-    with pytest.raises(KeyError, match="no hyper-parameter 'num_expertz'"):
+    with pytest.raises(UserError, match="no hyper-parameter 'num_expertz'"):
         _grid(overrides={"num_expertz": 4})
 
 
@@ -52,14 +55,22 @@ def test_a_run_is_deterministic_under_its_seed():
     assert other["test_auc"] != a["test_auc"]
 
 
-def test_grid_resumes_and_records_failures(tmp_path):
-    # a setting of the right type that the model itself refuses: a failed row, retried later
-    refused = _grid(models=["flexmoe"], overrides={**FAST, "num_experts": 2})
-    cells = _grid(seeds=[0, 1]) + refused
+def test_a_setting_the_model_refuses_fails_before_training():
+    with pytest.raises(SettingError, match="refuses its settings: num_experts=2 must exceed"):
+        _grid(models=["flexmoe"], overrides={**FAST, "num_experts": 2})
+
+
+def test_grid_resumes_and_records_failures(tmp_path, monkeypatch):
+    # a run that breaks while training: a failed row, retried later
+    def breaks(self, batch):
+        raise RuntimeError("the model broke at its first batch")
+
+    monkeypatch.setattr(FlexMoE, "forward", breaks)
+    cells = _grid(seeds=[0, 1]) + _grid(models=["flexmoe"], overrides=FAST)
     with ResultStore(tmp_path / "r.sqlite") as store:
         rows = run_grid(cells, store, progress=False)
         assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
-        assert "num_experts=2" in rows[2]["error"]
+        assert "the model broke" in rows[2]["error"]
         again = run_grid(cells, store, progress=False)
         assert [r["key"] for r in again] == [cells[2].key]  # only the failed run is retried
         assert len(store.load()) == 3

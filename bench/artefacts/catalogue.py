@@ -24,6 +24,7 @@ from bench.artefacts.spec import (
     Sweep,
     sensitivity_setting,
 )
+from bench.errors import UserError
 
 #: The explanations the figures' captions end with.
 MODALITIES_EXPLAIN = ("Test accuracy (%) averaged over the combinations with that many "
@@ -127,11 +128,11 @@ def select(spec: str) -> list[Artefact]:
         return [a for a in ARTEFACTS.values() if a.id not in BY_NAME_ONLY]
     choices = ", ".join([a.removeprefix("table") for a in ARTEFACTS] + list(GROUPS))
     if not spec.strip(" ,"):
-        raise ValueError(f"--table is empty; choose all or any of {choices}")
+        raise UserError(f"--table is empty; choose all or any of {choices}")
     out = []
     for item in (s.strip().lower() for s in spec.split(",") if s.strip()):
         key = f"table{item}" if item.isdigit() else item
         if key not in ARTEFACTS and key not in GROUPS:
-            raise KeyError(f"unknown table or figure {item!r}; choose all or any of {choices}")
+            raise UserError(f"unknown table or figure {item!r}; choose all or any of {choices}")
         out.extend(ARTEFACTS[k] for k in GROUPS.get(key, (key,)))
     return list({a.id: a for a in out}.values())

@@ -29,6 +29,7 @@ from bench.artefacts.catalogue import ARTEFACTS
 from bench.artefacts.spec import MODEL_LABELS, REAL, Artefact, model_label
 from bench.artefacts.views import published
 from bench.data.load import data_identity
+from bench.errors import UserError
 from bench.identity.config import KEY_VERSION
 from bench.rendering.tables import mean_std, select_runs
 
@@ -349,7 +350,7 @@ def format_comparison(result: PaperComparison, fmt: str = "text") -> str:
             "notes": result.notes, "unreadable": result.unreadable}), indent=2,
             ensure_ascii=False)
     if fmt != "text":
-        raise ValueError(f"unknown format {fmt!r}; choose text or json")
+        raise UserError(f"unknown format {fmt!r}; choose text or json")
     lines = [result.message] if result.message else []
     if result.cells:
         rows = [[c.table, c.dataset, c.metric, c.combo, c.label,

@@ -30,6 +30,7 @@ from bench.artefacts.spec import (
 )
 from bench.data.load import load_data
 from bench.data.missingness import MissingnessError
+from bench.errors import UserError
 from bench.identity.config import build_grid
 from bench.profiles import get_profile
 
@@ -76,8 +77,8 @@ def assign_datasets(artefacts: list[Artefact], names: list[str],
         targets = [family] if family in REAL else families
         targets += [ANY] if ANY in families else []
         if family in REAL and family not in families and ANY not in families:
-            raise ValueError(f"data set {name!r} is a {family} data set, but none of the "
-                             f"selected tables or figures is ({', '.join(families)})")
+            raise UserError(f"data set {name!r} is a {family} data set, but none of the "
+                            f"selected tables or figures is ({', '.join(families)})")
         given.update(dict.fromkeys(targets, name))
     return {f: choose_dataset(f, given.get(f)) for f in families}
 
@@ -100,6 +101,9 @@ def artefact_cells(artefact: Artefact, dataset: DatasetChoice, profile: str,
             full = load_data(dataset.name, prof.options_for(dataset.name, options)).letters
             sweep = replace(sweep, combos=(full,))
         data_options = {**(options or {}), **sweep.data_options}
+        if sweep.data_options.get("missing") == "none":  # the user's rate and seed are for
+            data_options.pop("missing_rate", None)        # the sweeps that impose some
+            data_options.pop("missing_seed", None)
         try:
             if sweep.data_options:
                 load_data(dataset.name, prof.options_for(dataset.name, data_options))

@@ -19,8 +19,6 @@ shows what moved.
 from __future__ import annotations
 
 import json
-import logging
-import platform
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,74 +26,35 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tabulate import tabulate
 
 from bench import registry
+from bench.artefacts.reference_files import (
+    CI_THREADS,
+    ENVIRONMENT_MATCH,
+    EXACT,
+    K_SIGMA,
+    METRICS,
+    SAME_ENVIRONMENT_TOL,
+    Reference,
+    environment,
+    lines_of,
+    read_references,
+    reference_dir,
+    update,
+)
+from bench.data.load import load_data
 from bench.execution.options import Options
 from bench.identity.config import RunConfig, build_grid
-from bench.resources import checkout_root
+from bench.rendering.context import CONTEXT, context_scores
 from bench.results.store import ResultStore, load_results
-from bench.training.metrics import metric_columns
-
-logger = logging.getLogger(__name__)
+from bench.training.metrics import column
 
 #: The grid ``check`` runs: data set → combinations (models: every registered model but the
 #: ablation variants; settings and seeds: the ``ci`` profile).
 CI_GRID: dict[str, tuple[str, ...]] = {"synthetic-adni": ("IG", "IGCB"),
                                        "synthetic-mimic": ("LNC",)}
 CI_PROFILE = "ci"
-#: Torch threads of each run: one, so that a run's numbers do not depend on the core count.
-CI_THREADS = 1
-#: Compared per line: every declared metric on the test split.
-METRICS = metric_columns(("test",))
-#: Equal anywhere: a model's size and cost do not depend on the machine.
-EXACT = ("params", "flops_per_sample", "fvcore_flops_per_sample")
-SAME_ENVIRONMENT_TOL = 1e-9
-#: Other environment: |Δ mean| ≤ max(1 / n_test, K_SIGMA · σ of the reference seeds).
-K_SIGMA = 3.0
-#: What a line holds besides its identity (model, combo, seed).
-LINE_FIELDS = ("key", *METRICS, "best_epoch", "n_test", *EXACT)
-ENVIRONMENT_MATCH = ("torch", "device", "cpu_capability", "cpu_isa")
-#: CPU flags whose presence selects kernel code paths (matched by prefix or substring).
-ISA_PREFIXES = ("avx", "amx", "fma", "sse4")
-
-
-def reference_dir() -> Path:
-    """``results/reference`` of the checkout (the check guards the repository's numbers)."""
-    root = checkout_root()
-    if root is None:
-        raise FileNotFoundError("run_bench.py check compares with results/reference/ of a "
-                                "checkout of the repository; none was found here")
-    return root / "results" / "reference"
-
-
-def environment() -> dict[str, Any]:
-    """Where numbers come from: what makes CPU runs bit-identical, plus provenance."""
-    from bench.version import code_version
-
-    return {"torch": torch.__version__, "device": "cpu",
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_isa": cpu_isa(),
-            "threads": CI_THREADS, "python": platform.python_version(),
-            "code_version": code_version()}
-
-
-def cpu_isa() -> str:
-    """The CPU's vector and matrix extensions (``avx512_fp16 amx_tile …``), from
-    ``/proc/cpuinfo`` (elsewhere the processor name).
-
-    Torch's ``cpu_capability`` says "AVX512" for every AVX-512 CPU, yet two of them can give
-    other last bits for the same run and code (FuseMoE, MulT and I2MoE did on two AVX-512
-    machines), so exact comparison also asks for the same extensions.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return " ".join(sorted(f for f in flags if f.startswith(ISA_PREFIXES) or "vnni" in f))
 
 
 def ci_cells(models: Sequence[str] | None = None,
@@ -126,93 +85,22 @@ def run_cells(cells: list[RunConfig], store_path: Path, jobs: int = 2,
     return rows
 
 
-#: Line fields that are counts (the rest are floats or undefined).
-COUNTS = ("best_epoch", "n_test", "params")
-
-
-def _value(field: str, value: Any) -> Any:
-    """A stored value as a reference line keeps it: counts as ints, NaN as None."""
-    if value is None or pd.isna(value):
-        return None
-    if field == "key":
-        return str(value)
-    return int(value) if field in COUNTS else float(value)
-
-
-def lines_of(rows: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
-    """Data set → reference lines (sorted by model, combination, seed) of stored rows."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for dataset, part in rows.groupby("dataset"):
-        part = part.sort_values(["model", "combo", "seed"])
-        out[str(dataset)] = [
-            {"model": r["model"], "combo": r["combo"], "seed": int(r["seed"]),
-             **{f: _value(f, r[f]) for f in LINE_FIELDS}} for _, r in part.iterrows()]
-    return out
-
-
-@dataclass(frozen=True)
-class Reference:
-    """One committed file: the environment its numbers came from and one line per run."""
-
-    dataset: str
-    environment: dict[str, Any]
-    lines: list[dict[str, Any]]
-
-    def text(self) -> str:
-        """The file: a header, then exactly one line per run (reviewable in a diff)."""
-        head = json.dumps({"dataset": self.dataset, "environment": self.environment,
-                           "tolerance": TOLERANCE_TEXT}, sort_keys=True)
-        body = ",\n".join(json.dumps(line, sort_keys=True) for line in self.lines)
-        return f"{head[:-1]},\n\"runs\": [\n{body}\n]}}\n"
-
-
-TOLERANCE_TEXT = {
-    "exact": f"{', '.join(EXACT)}: equal",
-    "same_environment": f"{', '.join(METRICS)}, best_epoch: equal per seed up to "
-                        f"{SAME_ENVIRONMENT_TOL:g}",
-    "other_environment": f"{', '.join(METRICS)}: |mean now - mean reference| over seeds <= "
-                         f"max(1 / n_test, {K_SIGMA:g} * std of the reference seeds)",
-    "environment": f"same environment = same {', '.join(ENVIRONMENT_MATCH)}",
-}
-
-
-def read_references(folder: Path) -> dict[str, Reference]:
-    """Every ``<data set>.json`` in ``folder``; a file that is not one is an error naming it."""
-    out = {}
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-            ref = Reference(data["dataset"], data["environment"], list(data["runs"]))
-            for line in ref.lines:
-                missing = {"model", "combo", "seed", *LINE_FIELDS} - set(line)
-                if missing:
-                    raise KeyError(f"a line lacks {', '.join(sorted(missing))}")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a reference file of run_bench.py check ({exc}); "
-                             "restore it from git or rewrite it with check --update") from exc
-        out[ref.dataset] = ref
-    return out
-
-
-def update(folder: Path, rows: pd.DataFrame, datasets: Sequence[str]) -> list[Path]:
-    """Rewrite the reference files of ``datasets`` from ``rows``; a file whose lines did not
-    change keeps its bytes (its environment header too). Returns the files written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    old = read_references(folder)
-    new = lines_of(rows)
-    env = environment()
-    written = []
-    for dataset in datasets:
-        lines = new.get(dataset, [])
-        if dataset in old and old[dataset].lines == lines:
-            continue
-        path = folder / f"{dataset}.json"
-        path.write_text(Reference(dataset, env, lines).text())
-        written.append(path)
-    for dataset in sorted(set(old) - set(datasets)):  # a data set that left the grid
-        (folder / f"{dataset}.json").unlink()
-        written.append(folder / f"{dataset}.json")
-    return written
+def context_rows(cells: list[RunConfig]) -> pd.DataFrame:
+    """The context lines of every data set and combination of ``cells``, as rows shaped like
+    a run's (model ``(majority class)`` / ``(logistic regression)``, seed 0), so ``check``
+    guards them like any model's numbers: the logistic regression's can move with the
+    scikit-learn version, which the tables name beside them."""
+    out = []
+    for (dataset, combo), cell in {(c.dataset, c.combo): c for c in cells}.items():
+        scores = context_scores(cell.dataset, cell.data_options, cell.split_seed, combo)
+        n_test = int(load_data(cell.dataset, cell.data_options, cell.split_seed)
+                     .restrict(combo).splits["test"].numel())
+        for line in CONTEXT:
+            out.append({"model": f"({line})", "dataset": dataset, "combo": combo, "seed": 0,
+                        "key": f"context {combo}", "best_epoch": 0, "n_test": n_test,
+                        **{column("test", m): v for m, v in scores[line].items()},
+                        **dict.fromkeys(EXACT)})
+    return pd.DataFrame(out)
 
 
 @dataclass(frozen=True)
@@ -356,16 +244,17 @@ def run_check(store: Path | None = None, update_refs: bool = False, fmt: str = "
               grid: dict[str, tuple[str, ...]] | None = None) -> tuple[str, bool]:
     """The whole command: train the grid, then update or compare. Returns (output, passed)."""
     folder = folder or reference_dir()
+    refs = {} if update_refs else read_references(folder)  # a bad file fails before training
     cells = ci_cells(models, grid)
     with tempfile.TemporaryDirectory(prefix="flexmoe-bench-check-") as tmp:
         path = store or Path(tmp) / "check.sqlite"
         rows = run_cells(cells, path, jobs, progress=fmt == "text")
+    rows = pd.concat([rows, context_rows(cells)], ignore_index=True)
     datasets = list(grid or CI_GRID)
     if update_refs:
         written = update(folder, rows, datasets)
         names = ", ".join(p.name for p in written) or "none (no number moved)"
         return f"reference files rewritten: {names}", True
-    refs = read_references(folder)
     env = environment()
     comparisons, same_env = compare(refs, rows, env)
     return render(comparisons, same_env, fmt, env, refs), all(c.ok for c in comparisons)

@@ -15,7 +15,7 @@ import pandas as pd
 from bench.artefacts.spec import ABLATIONS, MODEL_LABELS, ArtefactCells, model_label
 from bench.data.load import data_identity
 from bench.profiles import get_profile
-from bench.rendering.context import CONTEXT, context_metric
+from bench.rendering.context import CONTEXT, LIBRARY, context_metric
 from bench.rendering.tables import ONE_CLASS, Panel, TableView, predicts_one_class
 from bench.resources import shipped
 
@@ -124,7 +124,7 @@ def caption(ac: ArtefactCells, frame: pd.DataFrame, profile: str, extra: str = "
 CONTEXT_NOTE = ("In parentheses, context computed by the suite on the same test samples and "
                 "never ranked: the training split's majority class, and a logistic regression "
                 "on the run's modalities (zeros for a missing one; L2 strength chosen on "
-                "validation).")
+                f"validation; {LIBRARY}).")
 _CELLS = ("Cells: mean ± population std over seeds (the mean alone for one seed), in percent; "
           "best per row in bold, second underlined. " + CONTEXT_NOTE)
 

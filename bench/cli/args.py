@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.errors import UserError
 from bench.execution.options import add_arguments as add_executor_arguments
 from bench.profiles import PROFILES
 from bench.rendering.tables import METRICS as TABLE_METRICS
@@ -35,7 +36,7 @@ def assignments(items: list[str], option: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
+            raise UserError(f"{option} expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -54,7 +55,7 @@ class Parser(argparse.ArgumentParser):
 def positive(option: str, value: int) -> None:
     """Refuse a count below one before anything starts."""
     if value < 1:
-        raise ValueError(f"{option} must be at least 1, got {value}")
+        raise UserError(f"{option} must be at least 1, got {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "same weights; Flex-MoE models only")
     perf.add_argument("--threads", type=int, default=None,
                       help="torch CPU threads (default: torch's choice)")
+    perf.add_argument("--busy", type=int, default=0, metavar="K",
+                      help="time with K processes spinning on the CPU beside the steps: a "
+                      "reproducible load, to see a step as it runs on a shared machine "
+                      "(default 0)")
     perf.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     perf.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
@@ -205,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--against-paper", action="store_true",
                        help="instead: compare the store's runs on the real adni / mimic data "
                        "with the paper's published numbers (results/paper/)")
+    sub.add_parser(
+        "recover", parents=[common, store], help="rebuild a damaged results store",
+        description="Rebuild a results store whose file is damaged: the damaged file moves "
+        "aside (<store>.damaged-<time>), the backup taken after the last grid (<store>.bak) "
+        "becomes the store, and the rows still readable in the damaged file and the rows "
+        "kept since that backup (<store>.receipts/kept/) are written back on top.")
     return parser
 
 

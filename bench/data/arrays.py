@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.errors import UserError
+
 
 @dataclass(frozen=True)
 class Modality:
@@ -50,29 +52,29 @@ def validate_arrays(raw: RawArrays, name: str) -> None:
     n = len(raw.labels)
     letters = [m.letter for m in raw.modalities]
     if len(set(letters)) != len(letters):
-        raise ValueError(f"data set {name!r}: modality letters must be unique, got {letters}")
+        raise UserError(f"data set {name!r}: modality letters must be unique, got {letters}")
     if raw.observed.shape != (n, len(letters)):
-        raise ValueError(f"data set {name!r}: observed mask has shape {raw.observed.shape}, "
-                         f"expected ({n}, {len(letters)})")
+        raise UserError(f"data set {name!r}: observed mask has shape {raw.observed.shape}, "
+                        f"expected ({n}, {len(letters)})")
     if len(raw.ids) != n or len(set(map(str, raw.ids))) != n:
-        raise ValueError(f"data set {name!r}: expected {n} unique sample ids")
+        raise UserError(f"data set {name!r}: expected {n} unique sample ids")
     for j, m in enumerate(raw.modalities):
         x = raw.features.get(m.letter)
         if x is None:
-            raise ValueError(f"data set {name!r}: no features for modality {m.letter!r}")
+            raise UserError(f"data set {name!r}: no features for modality {m.letter!r}")
         if x.shape != (n, *m.shape):
-            raise ValueError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has shape "
-                             f"{x.shape}, expected {(n, *m.shape)}")
+            raise UserError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has shape "
+                            f"{x.shape}, expected {(n, *m.shape)}")
         present = raw.observed[:, j]
         bad = ~np.isfinite(x[present].reshape(int(present.sum()), -1)).all(1)
         if bad.any():
             rows = np.flatnonzero(present)[bad][:5]
-            raise ValueError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has NaN or "
-                             f"infinite features in observed samples {raw.ids[rows].tolist()}; "
-                             "impute them or mark the modality missing for those samples")
+            raise UserError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has NaN or "
+                            f"infinite features in observed samples {raw.ids[rows].tolist()}; "
+                            "impute them or mark the modality missing for those samples")
         if not present.any():
-            raise ValueError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has no "
-                             "observed sample")
+            raise UserError(f"data set {name!r}: modality {m.letter!r} ({m.name}) has no "
+                            "observed sample")
     labels = np.asarray(raw.labels)
     if labels.min() < 0 or labels.max() >= len(raw.class_names):
-        raise ValueError(f"data set {name!r}: labels must lie in 0..{len(raw.class_names) - 1}")
+        raise UserError(f"data set {name!r}: labels must lie in 0..{len(raw.class_names) - 1}")

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from bench.data.arrays import Modality, RawArrays, validate_arrays
 from bench.data.splits import make_split
+from bench.errors import UserError
 
 ORDERS = ("shuffle", "sequential", "fixed-random", "descending", "ascending")
 #: ``complete``: validation and test score the samples that have every modality of the run
@@ -168,7 +169,7 @@ class RunData:
             count = self.observed.index_select(0, idx).sum(1).cpu()
             key = -count if how == "descending" else count
             return idx[torch.sort(key, stable=True).indices.to(idx.device)]
-        raise ValueError(f"unknown batch order {how!r}; expected one of {ORDERS}")
+        raise UserError(f"unknown batch order {how!r}; expected one of {ORDERS}")
 
     def batches(self, split: str, batch_size: int, how: str = "sequential",
                 generator: torch.Generator | None = None, fixed_seed: int = 0) -> Iterator[Batch]:
@@ -191,8 +192,8 @@ class RunData:
         run = self.spec.letters
         if not letters or set(letters) - set(run) or len(set(letters)) != len(letters) \
                 or len(letters) >= len(run):
-            raise ValueError(f"cannot remove {letters!r} at test time: expected a non-empty "
-                             f"proper subset of the run's modalities {run!r}, each letter once")
+            raise UserError(f"cannot remove {letters!r} at test time: expected a non-empty "
+                            f"proper subset of the run's modalities {run!r}, each letter once")
         observed = self.observed.clone()
         observed[:, [run.index(c) for c in letters]] = False
         return replace(
@@ -272,15 +273,15 @@ class MultimodalData:
         (as given when ``keep_letter_order``: the run's modality order is the user's)."""
         known = self.letters
         if not letters:
-            raise ValueError(f"empty modality combination for data set {self.name!r}; "
-                             f"use letters from {known!r}")
+            raise UserError(f"empty modality combination for data set {self.name!r}; "
+                            f"use letters from {known!r}")
         bad = sorted(set(letters) - set(known))
         if bad:
-            raise ValueError(f"unknown modality letter(s) {''.join(bad)!r} for data set "
-                             f"{self.name!r}; its modalities are {known!r} "
-                             f"({', '.join(f'{m.letter}={m.name}' for m in self.modalities)})")
+            raise UserError(f"unknown modality letter(s) {''.join(bad)!r} for data set "
+                            f"{self.name!r}; its modalities are {known!r} "
+                            f"({', '.join(f'{m.letter}={m.name}' for m in self.modalities)})")
         if len(set(letters)) != len(letters):
-            raise ValueError(f"modality combination {letters!r} repeats a letter")
+            raise UserError(f"modality combination {letters!r} repeats a letter")
         return letters if self.keep_letter_order else "".join(c for c in known if c in letters)
 
     def keep_modalities(self, letters: str) -> MultimodalData:
@@ -291,7 +292,7 @@ class MultimodalData:
         try:
             letters = self.check_letters(letters)
         except ValueError as exc:
-            raise ValueError(f"modalities={letters!r}: {exc}") from None
+            raise UserError(f"modalities={letters!r}: {exc}") from None
         cols = [self.letters.index(c) for c in letters]
         meta = dict(self.meta)
         if "adni_roles" in meta:  # a declared role map keeps the letters that remain
@@ -328,8 +329,8 @@ class MultimodalData:
         cols = [self.letters.index(c) for c in letters]
         obs = self.observed[:, cols]
         if self.eval_rule not in EVAL_RULES:
-            raise ValueError(f"unknown evaluation rule {self.eval_rule!r}; expected one of "
-                             f"{EVAL_RULES}")
+            raise UserError(f"unknown evaluation rule {self.eval_rule!r}; expected one of "
+                            f"{EVAL_RULES}")
         scored = obs.all(1) if self.eval_rule == "complete" else obs.any(1)
         splits = {
             "train": _keep(self.splits["train"], obs.any(1)),
@@ -340,13 +341,13 @@ class MultimodalData:
                      for part in ("val", "test")} if self.eval_rule == "all" else {})
         for part, idx in splits.items():
             if idx.numel() == 0:
-                raise ValueError(f"data set {self.name!r}, combination {letters!r}: the {part} "
-                                 "split has no sample with the required modalities")
+                raise UserError(f"data set {self.name!r}, combination {letters!r}: the {part} "
+                                "split has no sample with the required modalities")
         train_obs = obs.index_select(0, splits["train"]).any(0)
         for c, present in zip(letters, train_obs.tolist()):
             if not present:
-                raise ValueError(f"data set {self.name!r}: modality {c!r} has no observed "
-                                 "training sample; drop it from the combination")
+                raise UserError(f"data set {self.name!r}: modality {c!r} has no observed "
+                                "training sample; drop it from the combination")
         return RunData(
             spec=spec, features={c: self.features[c] for c in letters}, observed=obs,
             combo=self.combo_index(letters), labels=self.labels, ids=self.ids, splits=splits,

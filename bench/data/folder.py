@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.arrays import Modality, RawArrays
+from bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,15 @@ def _read_csv(path: Path, expected: str, **kwargs: Any) -> pd.DataFrame:
             warnings.simplefilter("error", pd.errors.ParserWarning)
             return pd.read_csv(path, skip_blank_lines=False, index_col=False, **kwargs)
     except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: file is empty; expected {expected}") from None
+        raise UserError(f"{path}: file is empty; expected {expected}") from None
     except pd.errors.ParserWarning:
-        raise ValueError(f"{path}: rows have more fields than the header; expected "
-                         f"{expected}") from None
+        raise UserError(f"{path}: rows have more fields than the header; expected "
+                        f"{expected}") from None
     except pd.errors.ParserError as e:
-        raise ValueError(f"{path}: not a readable CSV ({e}); expected {expected}") from None
+        raise UserError(f"{path}: not a readable CSV ({e}); expected {expected}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a CSV "
+                        f"file saved as UTF-8 with {expected}") from None
 
 
 def _filled(column: pd.Series) -> pd.Series:
@@ -106,10 +110,10 @@ def _check_ids(path: Path, table: pd.DataFrame, lines: pd.Series, hint: str) -> 
     ids = table["id"]
     empty = table.index[ids == ""]
     if len(empty):
-        raise ValueError(f"{path}: empty id on line(s) "
-                         f"{', '.join(str(lines[r]) for r in empty[:_SHOW])}"
-                         f"{' and more' if len(empty) > _SHOW else ''}; expected the sample's "
-                         "id on every row")
+        raise UserError(f"{path}: empty id on line(s) "
+                        f"{', '.join(str(lines[r]) for r in empty[:_SHOW])}"
+                        f"{' and more' if len(empty) > _SHOW else ''}; expected the sample's "
+                        "id on every row")
     dup = ids[ids.duplicated(keep=False)]
     if len(dup):
         groups = dup.groupby(dup, sort=False).groups
@@ -117,7 +121,7 @@ def _check_ids(path: Path, table: pd.DataFrame, lines: pd.Series, hint: str) -> 
                           f"{', ...' if len(rows) > _SHOW else ''}"
                           for i, rows in list(groups.items())[:_SHOW])
         more = f" and {len(groups) - _SHOW} more" if len(groups) > _SHOW else ""
-        raise ValueError(f"{path}: duplicate id(s): {shown}{more}; expected each id once {hint}")
+        raise UserError(f"{path}: duplicate id(s): {shown}{more}; expected each id once {hint}")
 
 
 def _read_labels(path: Path) -> tuple[pd.DataFrame, pd.Series, np.ndarray, dict[str, int]]:
@@ -125,16 +129,16 @@ def _read_labels(path: Path) -> tuple[pd.DataFrame, pd.Series, np.ndarray, dict[
     expected = "columns id,label with one row per sample"
     table = _read_csv(path, expected, dtype=str, keep_default_na=False)
     if not {"id", "label"} <= set(table.columns):
-        raise ValueError(f"{path}: expected columns id,label, found {list(table.columns)}")
+        raise UserError(f"{path}: expected columns id,label, found {list(table.columns)}")
     table, lines = _drop_blank(table)
     if table.empty:
-        raise ValueError(f"{path}: no rows (header only); expected {expected}")
+        raise UserError(f"{path}: no rows (header only); expected {expected}")
     _check_ids(path, table, lines, "(one label per sample)")
     label = table["label"].astype(str).str.strip()
     empty = table.index[label == ""]
     if len(empty):
-        raise ValueError(f"{path}: empty label on {_where(lines, table['id'], empty)}; expected "
-                         "a label for every sample (drop the row to leave the sample out)")
+        raise UserError(f"{path}: empty label on {_where(lines, table['id'], empty)}; expected "
+                        "a label for every sample (drop the row to leave the sample out)")
     integer = label.str.fullmatch(_INTEGER)
     if integer.all():
         numbers = label.map(int)
@@ -144,15 +148,15 @@ def _read_labels(path: Path) -> tuple[pd.DataFrame, pd.Series, np.ndarray, dict[
         odd = table.index[~integer]
         example = label[integer].iloc[0]
         verb = "is not an integer" if len(odd) == 1 else "are not integers"
-        raise ValueError(f"{path}: {_where(lines, table['id'], odd, label, 'label')} {verb}, "
-                         f"but other labels are (e.g. {example!r}); expected integers "
-                         "throughout or class names throughout")
+        raise UserError(f"{path}: {_where(lines, table['id'], odd, label, 'label')} {verb}, "
+                        f"but other labels are (e.g. {example!r}); expected integers "
+                        "throughout or class names throughout")
     else:
         classes = {c: k for k, c in enumerate(sorted(label.unique()))}
         names = label
     if len(classes) < 2:
-        raise ValueError(f"{path}: every sample has label {next(iter(classes))!r}; "
-                         "classification needs at least two classes")
+        raise UserError(f"{path}: every sample has label {next(iter(classes))!r}; "
+                        "classification needs at least two classes")
     return table, lines, names.map(classes).to_numpy(np.int64), classes
 
 
@@ -162,41 +166,41 @@ def _read_modality(path: Path, index: pd.Index, label_file: Path
     expected = "an id column followed by numeric feature columns, one row per sample"
     header = _read_csv(path, expected, nrows=0)
     if "id" not in header.columns:
-        raise ValueError(f"{path}: no id column, found {list(header.columns)[:5]}; "
-                         f"expected {expected}")
+        raise UserError(f"{path}: no id column, found {list(header.columns)[:5]}; "
+                        f"expected {expected}")
     columns = [c for c in header.columns if c != "id"]
     if not columns:
-        raise ValueError(f"{path}: only an id column; expected {expected}")
+        raise UserError(f"{path}: only an id column; expected {expected}")
     table = _read_csv(path, expected, dtype={"id": str}, keep_default_na=False,
                       na_values={c: list(_EMPTY) for c in columns})
     table, lines = _drop_blank(table)
     if table.empty:
-        raise ValueError(f"{path}: no rows (header only); expected {expected}")
+        raise UserError(f"{path}: no rows (header only); expected {expected}")
     _check_ids(path, table, lines,
                "(leave a sample out, or its row empty, to mark the modality missing)")
     ids = table["id"]
     rows = index.get_indexer(ids)
     unknown = table.index[rows < 0]
     if len(unknown):
-        raise ValueError(f"{path}: {len(unknown)} id(s) not in {label_file.name}: "
-                         f"{_where(lines, ids, unknown)}; expected only ids listed there")
+        raise UserError(f"{path}: {len(unknown)} id(s) not in {label_file.name}: "
+                        f"{_where(lines, ids, unknown)}; expected only ids listed there")
     values = table[columns].copy()
     for c in columns:
         if not pd.api.types.is_numeric_dtype(values[c]):
             number = pd.to_numeric(values[c], errors="coerce")
             bad = values.index[number.isna() & _filled(values[c])]
             if len(bad):
-                raise ValueError(f"{path}: non-numeric feature column {c!r}: "
-                                 f"{_where(lines, ids, bad, values[c], 'value')}; expected "
-                                 "numbers (an empty cell marks a missing value)")
+                raise UserError(f"{path}: non-numeric feature column {c!r}: "
+                                f"{_where(lines, ids, bad, values[c], 'value')}; expected "
+                                "numbers (an empty cell marks a missing value)")
             values[c] = number
     x = values.to_numpy(dtype=np.float64)
     empty_row = np.isnan(x).all(1)
     partial = table.index[~empty_row & ~np.isfinite(x).all(1)]
     if len(partial):
-        raise ValueError(f"{path}: empty or infinite feature(s) in an otherwise filled row on "
-                         f"{_where(lines, ids, partial)}; expected every feature of a row, or "
-                         "none to mark the modality missing for that sample")
+        raise UserError(f"{path}: empty or infinite feature(s) in an otherwise filled row on "
+                        f"{_where(lines, ids, partial)}; expected every feature of a row, or "
+                        "none to mark the modality missing for that sample")
     features = np.zeros((len(index), len(columns)), dtype=np.float32)
     observed = np.zeros(len(index), dtype=bool)
     features[rows[~empty_row]] = x[~empty_row]
@@ -216,21 +220,24 @@ def read_folder(path: str | Path, order: str | None = None) -> FolderData:
     labels, _, codes, classes = _read_labels(label_file)
     files = sorted(p for p in root.glob("*_*.csv") if p.name != "labels.csv")
     if not files:
-        raise ValueError(f"data folder {root}: no modality file found; expected files named "
-                         "<L>_<name>.csv, e.g. I_image.csv")
+        raise UserError(f"data folder {root}: no modality file found; expected files named "
+                        "<L>_<name>.csv, e.g. I_image.csv")
     by_letter: dict[str, Path] = {}
     for p in files:
+        if not p.is_file():
+            raise UserError(f"{p}: is a folder, but its name is that of a modality file; "
+                            "expected a CSV file (rename or move the folder)")
         letter = p.name.split("_", 1)[0]
         if len(letter) != 1 or not letter.isalpha():
-            raise ValueError(f"{p}: modality files are named <L>_<name>.csv with a one-letter "
-                             "code before the underscore")
+            raise UserError(f"{p}: modality files are named <L>_<name>.csv with a one-letter "
+                            "code before the underscore")
         if letter in by_letter:
-            raise ValueError(f"{p}: letter {letter!r} is already used by {by_letter[letter]}")
+            raise UserError(f"{p}: letter {letter!r} is already used by {by_letter[letter]}")
         by_letter[letter] = p
     letters = order or "".join(by_letter)
     if sorted(letters) != sorted(by_letter):
-        raise ValueError(f"data folder {root}: order {letters!r} must list exactly the "
-                         f"modality letters found ({''.join(by_letter)!r})")
+        raise UserError(f"data folder {root}: order {letters!r} must list exactly the "
+                        f"modality letters found ({''.join(by_letter)!r})")
     ids = labels["id"].to_numpy(dtype=str)
     index = pd.Index(ids)
     modalities, features = [], {}
@@ -239,6 +246,14 @@ def read_folder(path: str | Path, order: str | None = None) -> FolderData:
         p = by_letter[letter]
         features[letter], observed[:, j], width = _read_modality(p, index, label_file)
         modalities.append(Modality(p.stem.split("_", 1)[1], letter, (width,), "vector"))
+    keep = observed.any(1)
+    if not keep.all():
+        left = ids[~keep]
+        logger.warning("%s: %d id(s) appear in no modality file and are left out of the data "
+                       "and of every split (e.g. %s)", label_file, len(left),
+                       ", ".join(repr(str(i)) for i in left[:_SHOW]))
+        ids, codes, observed = ids[keep], codes[keep], observed[keep]
+        features = {c: x[keep] for c, x in features.items()}
     raw = RawArrays(modalities=tuple(modalities), features=features, observed=observed,
                     labels=codes, ids=ids, class_names=tuple(classes))
     read = (("labels.csv", label_file), *((by_letter[c].name, by_letter[c]) for c in letters))

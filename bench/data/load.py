@@ -17,9 +17,9 @@ from bench import registry
 from bench.data import missingness
 from bench.data.core import EvalRule, MultimodalData
 from bench.hparams import (
-    NON_NEGATIVE,
-    POSITIVE,
     PROBABILITY,
+    SEED,
+    Range,
     SettingError,
     check_value,
     signature_types,
@@ -41,8 +41,9 @@ MISSING_OPTIONS = ("missing", "missing_rate", "missing_seed")
 
 
 #: Accepted ranges of the data options' numbers.
-DATA_RANGES = {"scale": POSITIVE, "seed": NON_NEGATIVE, "missing_rate": PROBABILITY,
-               "missing_seed": NON_NEGATIVE}
+#: ``scale`` multiplies a synthetic cohort (2,380 patients at 1): 100 is about 0.8 GB.
+DATA_RANGES = {"scale": Range(0, 100, low_open=True), "seed": SEED,
+               "missing_rate": PROBABILITY, "missing_seed": SEED}
 
 
 def data_identity(options: Any) -> dict[str, Any]:
@@ -112,6 +113,14 @@ def resolve_data(dataset: str, options: dict[str, Any] | None = None) -> tuple[s
         del out["modalities"]
     else:
         out["modalities"] = _letter_set(dataset, out["modalities"])
+    mechanism = missingness.normalise(out["missing"])
+    for key, applies, takes in (
+            ("missing_rate", mechanism in missingness.RATED,
+             "missing=" + "|".join(missingness.RATED)),
+            ("missing_seed", mechanism != missingness.NONE, "a mechanism other than none")):
+        if key in given and not applies:
+            raise SettingError(f"data set {dataset!r}: {key}={given[key]} has no effect with "
+                               f"missing={mechanism}; it applies only with {takes}")
     return dataset, missingness.applicable(out, settings["missing"][1])
 
 

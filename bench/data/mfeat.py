@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.arrays import Modality, RawArrays
+from bench.errors import UserError
 
 VIEWS = (("F", "fourier", "mfeat-fou"), ("A", "profile", "mfeat-fac"),
          ("K", "karhunen_loeve", "mfeat-kar"), ("P", "pixels", "mfeat-pix"),
@@ -49,7 +50,7 @@ def read_views(root: Path) -> tuple[tuple[Modality, ...], dict[str, np.ndarray],
         if labels is None:
             labels = y
         elif not np.array_equal(labels, y):
-            raise ValueError(f"{path}: labels (last column) differ from the other views")
+            raise UserError(f"{path}: labels (last column) differ from the other views")
         modalities.append(Modality(name, letter, (x.shape[1],), "vector"))
         features[letter] = x
     return tuple(modalities), features, labels

@@ -55,6 +55,7 @@ import torch
 
 from bench.data.core import MultimodalData
 from bench.data.synthetic_adni import COMBINATION_COUNTS
+from bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ ADNI_PATTERN: tuple[tuple[str, int], ...] = tuple(COMBINATION_COUNTS.items())
 _BLOCK = 4096
 
 
-class MissingnessError(ValueError):
+class MissingnessError(UserError):
     """A mechanism that cannot be imposed on this data set (too few modalities for the ADNI
     pattern, a ``mar`` rate above what keeping the driver allows)."""
 
@@ -95,8 +96,8 @@ def normalise(mechanism: str) -> str:
     """The canonical name of a mechanism; an unknown one is an error naming the accepted."""
     name = ALIASES.get(mechanism, mechanism)
     if name not in MECHANISMS:
-        raise ValueError(f"unknown missingness mechanism {mechanism!r}; accepted: "
-                         f"{', '.join(MECHANISMS)} (alias adni)")
+        raise UserError(f"unknown missingness mechanism {mechanism!r}; accepted: "
+                        f"{', '.join(MECHANISMS)} (alias adni)")
     return name
 
 
@@ -239,10 +240,10 @@ def simulate(observed: np.ndarray, features: Mapping[str, np.ndarray], train: np
         keep = _pattern_keep(len(train), letters, adni_roles(letters, roles), rng)
     else:
         if not 0.0 <= rate < 1.0:
-            raise ValueError(f"missing_rate must lie in [0, 1), got {rate}")
+            raise UserError(f"missing_rate must lie in [0, 1), got {rate}")
         if mechanism == "mnar-label":
             if labels is None:
-                raise ValueError("missing=mnar-label needs the samples' labels")
+                raise UserError("missing=mnar-label needs the samples' labels")
             z = _standardised(np.asarray(labels, dtype=np.float64)[train])
             scores = np.repeat(z[:, None], len(letters), axis=1)
         else:

@@ -40,6 +40,7 @@ import pandas as pd
 
 from bench.data.arrays import Modality, RawArrays
 from bench.data.digest import files_digest
+from bench.errors import UserError
 
 SENTINEL = -2.0
 ADNI_LEAKY_PREFIXES = ("PTCOGBEG", "PTADDX", "PTADBEG")
@@ -94,8 +95,8 @@ def _read_splits(path: Path, ids: np.ndarray) -> dict[str, np.ndarray] | None:
         raw = json.loads(path.read_text())
         lists = {"train": raw["training"], "val": raw["validation"], "test": raw["testing"]}
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: expected JSON with lists 'training', 'validation' and "
-                         f"'testing' ({exc})") from None
+        raise UserError(f"{path}: expected JSON with lists 'training', 'validation' and "
+                        f"'testing' ({exc})") from None
     index = pd.Index(ids)
     out = {}
     for split, members in lists.items():
@@ -118,8 +119,8 @@ def _numeric_csv(path: Path) -> pd.DataFrame:
     table = pd.read_csv(path, index_col=0)
     bad = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
-        raise ValueError(f"{path}: non-numeric column(s) {bad[:5]}; expected the output of the "
-                         "official preprocessing")
+        raise UserError(f"{path}: non-numeric column(s) {bad[:5]}; expected the output of the "
+                        "official preprocessing")
     return table
 
 
@@ -131,8 +132,8 @@ def _adni_image(root: Path) -> pd.DataFrame:
                           for i, p in enumerate(lines.read_text().split())],
                          columns=["row", "ptid", "date"])
     if len(scans) != voxels.shape[0]:
-        raise ValueError(f"{lines}: {len(scans)} scans listed but ADNI_G.npy has "
-                         f"{voxels.shape[0]} rows")
+        raise UserError(f"{lines}: {len(scans)} scans listed but ADNI_G.npy has "
+                        f"{voxels.shape[0]} rows")
     scans["date"] = pd.to_datetime(scans["date"], errors="coerce")
     latest = scans.sort_values("date").groupby("ptid")["row"].last()
     x = np.asarray(voxels[np.sort(latest.to_numpy())], dtype=np.float32)
@@ -168,8 +169,8 @@ def read_adni(root: Path) -> tuple[RawArrays, dict[str, np.ndarray] | None]:
     """The modalities found under ``root`` (at least one) and the official split if present."""
     labels = pd.read_csv(_require(root / "label.csv", "columns PTID,DIAGNOSIS"))
     if not {"PTID", "DIAGNOSIS"} <= set(labels.columns):
-        raise ValueError(f"{root / 'label.csv'}: expected columns PTID,DIAGNOSIS, found "
-                         f"{list(labels.columns)}")
+        raise UserError(f"{root / 'label.csv'}: expected columns PTID,DIAGNOSIS, found "
+                        f"{list(labels.columns)}")
     ids = labels["PTID"].astype(str).to_numpy()
     readers = {
         "I": ("image", root / "image" / "ADNI_G.npy", _adni_image),
@@ -209,8 +210,8 @@ def read_mimic(root: Path) -> tuple[RawArrays, dict[str, np.ndarray] | None]:
 
     labels = pd.read_csv(_require(root / "labels.csv", "columns subject_id,one_year_mortality"))
     if not {"subject_id", "one_year_mortality"} <= set(labels.columns):
-        raise ValueError(f"{root / 'labels.csv'}: expected columns subject_id,one_year_mortality, "
-                         f"found {list(labels.columns)}")
+        raise UserError(f"{root / 'labels.csv'}: expected columns subject_id,one_year_mortality, "
+                        f"found {list(labels.columns)}")
     ids = labels["subject_id"].astype(str).to_numpy()
     modalities, features, observed = [], {}, []
     for letter, name, stem in (("L", "labs", "lab_x"), ("N", "notes", "note_x"),
@@ -220,8 +221,8 @@ def read_mimic(root: Path) -> tuple[RawArrays, dict[str, np.ndarray] | None]:
             continue
         x = np.asarray(torch.load(path, map_location="cpu", weights_only=True), dtype=np.float32)
         if x.ndim != 2 or x.shape[0] != len(ids):
-            raise ValueError(f"{path}: expected a [{len(ids)}, F] tensor (one row per labels.csv "
-                             f"row), found shape {tuple(x.shape)}")
+            raise UserError(f"{path}: expected a [{len(ids)}, F] tensor (one row per labels.csv "
+                            f"row), found shape {tuple(x.shape)}")
         present = observed_rows(x)
         x = np.nan_to_num(x, nan=0.0)
         modalities.append(Modality(name, letter, (x.shape[1],)))

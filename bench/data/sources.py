@@ -9,6 +9,7 @@ from bench.data import folder, mfeat, official, synthetic_adni, synthetic_mimic
 from bench.data.core import MultimodalData
 from bench.data.digest import files_digest
 from bench.data.splits import make_split, read_split_file
+from bench.errors import UserError
 from bench.registry import register_dataset
 from bench.resources import shipped
 
@@ -83,7 +84,7 @@ def load_folder(path: str, split_seed: int = 0, family: str = "custom",
     per modality and an optional split.csv (id,split). Features are standardised on the
     training split unless standardize=false. See bench/data/folder.py for the layout."""
     if not isinstance(standardize, bool):
-        raise ValueError(f"folder data: standardize must be true or false, got {standardize!r}")
+        raise UserError(f"folder data: standardize must be true or false, got {standardize!r}")
     name = f"folder:{path}"
     found = folder.read_folder(path, order)
     raw, files = found.raw, list(found.files)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
@@ -25,12 +27,12 @@ def make_split(observed: np.ndarray, labels: np.ndarray, split_seed: int = 0,
     full = np.flatnonzero(np.asarray(observed).all(1))
     n_val, n_test = round(val_frac * n), round(test_frac * n)
     if n_val < 1 or n_test < 1:
-        raise ValueError(f"data set {name!r}: val_frac and test_frac must give at least one "
-                         f"sample each (N = {n})")
+        raise UserError(f"data set {name!r}: val_frac and test_frac must give at least one "
+                        f"sample each (N = {n})")
     if n_val + n_test > len(full):
-        raise ValueError(f"data set {name!r}: validation and test need {n_val + n_test} fully "
-                         f"observed samples but only {len(full)} have every modality; lower "
-                         "val_frac/test_frac or supply a split file")
+        raise UserError(f"data set {name!r}: validation and test need {n_val + n_test} fully "
+                        f"observed samples but only {len(full)} have every modality; lower "
+                        "val_frac/test_frac or supply a split file")
     rng = np.random.default_rng(split_seed)
     order = _stratified_order(full, np.asarray(labels)[full], rng)
     val, test = order[:n_val], order[n_val:n_val + n_test]
@@ -59,22 +61,32 @@ def read_split_file(path: str | Path, ids: np.ndarray, name: str = "data") -> di
     if not path.is_file():
         raise FileNotFoundError(f"split file {path} does not exist (expected a CSV with "
                                 "columns id,split)")
-    table = pd.read_csv(path, dtype=str)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"split file {path}: not a readable UTF-8 CSV ({exc}); expected "
+                        "columns id,split") from None
     missing = {"id", "split"} - set(table.columns)
     if missing:
-        raise ValueError(f"split file {path}: missing column(s) {sorted(missing)}; expected "
-                         f"columns id,split, found {list(table.columns)}")
+        raise UserError(f"split file {path}: missing column(s) {sorted(missing)}; expected "
+                        f"columns id,split, found {list(table.columns)}")
+    table["split"] = table["split"].str.strip()
+    blank = [i + 2 for i in range(len(table)) if not table["split"].iloc[i]]
+    if blank:
+        raise UserError(f"split file {path}: empty split on line(s) "
+                        f"{', '.join(map(str, blank[:5]))}; expected one of {PARTS} on every "
+                        "line (leave a sample out by deleting its line)")
     bad_parts = sorted(set(table["split"]) - set(PARTS))
     if bad_parts:
-        raise ValueError(f"split file {path}: unknown split name(s) {bad_parts}; use {PARTS}")
+        raise UserError(f"split file {path}: unknown split name(s) {bad_parts}; use {PARTS}")
     dup = table["id"][table["id"].duplicated()].tolist()
     if dup:
-        raise ValueError(f"split file {path}: id(s) listed more than once, e.g. {dup[:3]}")
+        raise UserError(f"split file {path}: id(s) listed more than once, e.g. {dup[:3]}")
     position = {str(i): k for k, i in enumerate(ids)}
     unknown = [i for i in table["id"] if i not in position]
     if unknown:
-        raise ValueError(f"split file {path}: {len(unknown)} id(s) not in data set {name!r}, "
-                         f"e.g. {unknown[:3]}")
+        raise UserError(f"split file {path}: {len(unknown)} id(s) not in data set {name!r}, "
+                        f"e.g. {unknown[:3]}")
     out = {p: np.array(sorted(position[i] for i in table.loc[table["split"] == p, "id"]),
                        dtype=np.int64) for p in PARTS}
     left_out = len(ids) - sum(len(v) for v in out.values())

@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from bench.data.arrays import Modality, RawArrays
+from bench.errors import UserError
 
 
 def scaled_counts(counts: dict[str, int], scale: float) -> dict[str, int]:
     """Multiply each count by ``scale``, round half up, keep at least one per combination."""
     if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise UserError(f"scale must be positive, got {scale}")
     return {k: max(1, int(np.floor(v * scale + 0.5))) for k, v in counts.items()}
 
 

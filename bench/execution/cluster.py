@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from bench.errors import UserError
 from bench.execution.executors import Batch, Executor, Finished, Task, run_task
 from bench.execution.options import RayOptions, SlurmOptions, require
 from bench.identity.config import RunConfig
@@ -37,9 +38,9 @@ class SlurmExecutor(Executor):
         super().__init__(store, device, detached)
         submitit = require("submitit", "slurm")
         if options.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise ValueError("--executor slurm submits with sbatch, which is not on this "
-                             "machine's PATH: run on a SLURM login node, or pass "
-                             "--slurm-cluster local to try the job array here")
+            raise UserError("--executor slurm submits with sbatch, which is not on this "
+                            "machine's PATH: run on a SLURM login node, or pass "
+                            "--slurm-cluster local to try the job array here")
         self.options = options
         self.folder = store.path.absolute().with_name(store.path.name + ".slurm")
         self._ex = submitit.AutoExecutor(self.folder, cluster=options.cluster)

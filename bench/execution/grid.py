@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 from bench.execution import cluster, executors
 from bench.execution.options import Options
 from bench.identity.config import RunConfig
+from bench.results.backup import take_backup
 from bench.results.claims import Coordinator
-from bench.results.receipts import receipt_path
+from bench.results.receipts import keep_row
 from bench.results.store import Claim, ResultStore
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class _Grid:
             return
         self.coordinator.finish(row)
         self.rows.append(row)
-        receipt_path(self.store.receipts_dir, row["key"]).unlink(missing_ok=True)
+        keep_row(self.store.path, row)  # until the backup after this grid holds it
         # the rest of a failed run
         self.bar.update(self.epochs[row["key"]] - self.counted.get(row["key"], 0))
         self.bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed {row['seed']} "
@@ -174,6 +175,8 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
             pending = [cell for cell, _ in held.values()]
         grid.rows.claimed = {key: claim for key, (_, claim) in held.items()}
         grid.rows.note = pool.note
+    if grid.rows:
+        take_backup(store)
     if grid.rows.claimed:
         logger.info("%d run(s) left to the other coordinator(s) holding them (%s); a later run "
                     "trains any they leave unfinished", len(grid.rows.claimed),

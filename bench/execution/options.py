@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from bench.errors import UserError
+
 KINDS = ("local", "process", "slurm", "ray")
 #: sbatch options ``--slurm-extra`` refuses: set by a flag of their own, or by the executor.
 _OWN_SLURM_FLAGS = {"partition": "use --slurm-partition", "time": "use --slurm-time",
@@ -94,8 +96,8 @@ def slurm_minutes(text: str) -> int:
     minutes, rounded up."""
     m = _SLURM_TIME.match(str(text).strip())
     if not m or (m[1] is None and m[3] is None and m[4] is not None):
-        raise ValueError(f"--slurm-time expects minutes, H:MM:SS or D-HH[:MM[:SS]] (SLURM's "
-                         f"formats), got {text!r}")
+        raise UserError(f"--slurm-time expects minutes, H:MM:SS or D-HH[:MM[:SS]] (SLURM's "
+                        f"formats), got {text!r}")
     days, a, b, c = (int(x) if x is not None else None for x in m.groups())
     if days is not None:  # D-H, D-H:M, D-H:M:S
         seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
@@ -106,7 +108,7 @@ def slurm_minutes(text: str) -> int:
     else:
         seconds = a * 60
     if seconds <= 0:
-        raise ValueError(f"--slurm-time must be positive, got {text!r}")
+        raise UserError(f"--slurm-time must be positive, got {text!r}")
     return -(-seconds // 60)
 
 
@@ -116,15 +118,15 @@ def _slurm_options(given: Mapping[str, Any]) -> SlurmOptions:
         key, sep, value = str(item).partition("=")
         key = key.strip().replace("_", "-")
         if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", key) or not value.strip():
-            raise ValueError(f"--slurm-extra expects KEY=VALUE with an sbatch option name, e.g. "
-                             f"mem=16G or account=myproject, got {item!r}")
+            raise UserError(f"--slurm-extra expects KEY=VALUE with an sbatch option name, e.g. "
+                            f"mem=16G or account=myproject, got {item!r}")
         if key in _OWN_SLURM_FLAGS:
-            raise ValueError(f"--slurm-extra does not take {key}: {_OWN_SLURM_FLAGS[key]}")
+            raise UserError(f"--slurm-extra does not take {key}: {_OWN_SLURM_FLAGS[key]}")
         extra.append((key, value.strip()))
     for name, least in (("cpus_per_task", 1), ("gpus_per_task", 0), ("array_parallelism", 1)):
         if given.get(name) is not None and given[name] < least:
-            raise ValueError(f"{_flag('slurm', name)} must be at least {least}, "
-                             f"got {given[name]}")
+            raise UserError(f"{_flag('slurm', name)} must be at least {least}, "
+                            f"got {given[name]}")
     time_min = slurm_minutes(given["time"]) if given.get("time") is not None else None
     values = {"partition": given.get("partition"), "time_min": time_min,
               "cpus_per_task": given.get("cpus_per_task"),
@@ -145,33 +147,33 @@ def parse_options(kind: str | None = None, jobs: int = 1, detach: bool = False,
     slurm = {k: v for k, v in (slurm or {}).items() if v is not None and v != []}
     ray = {k: v for k, v in (ray or {}).items() if v is not None}
     if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     kind = kind or ("process" if jobs > 1 else "local")
     if kind not in KINDS:
-        raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(KINDS)}")
+        raise UserError(f"unknown executor {kind!r}; choose one of {', '.join(KINDS)}")
     if jobs > 1 and kind != "process":
-        raise ValueError(f"--jobs sizes the local process pool (--executor process); "
-                         f"--executor {kind} runs " + ("one run at a time" if kind == "local"
+        raise UserError(f"--jobs sizes the local process pool (--executor process); "
+                        f"--executor {kind} runs " + ("one run at a time" if kind == "local"
                                                        else "one task per run"))
     for prefix, given in (("slurm", slurm), ("ray", ray)):
         if given and kind != prefix:
-            raise ValueError(f"{_flag(prefix, sorted(given)[0])} needs --executor {prefix} "
-                             f"(got --executor {kind})")
+            raise UserError(f"{_flag(prefix, sorted(given)[0])} needs --executor {prefix} "
+                            f"(got --executor {kind})")
     if detach and kind not in ("slurm", "ray"):
-        raise ValueError("--detach needs --executor slurm or ray: a scheduler that trains the "
-                         "runs after this process has returned")
+        raise UserError("--detach needs --executor slurm or ray: a scheduler that trains the "
+                        "runs after this process has returned")
     if detach and kind == "ray" and not ray.get("address"):
-        raise ValueError("--detach with Ray needs --ray-address of a running cluster: a Ray "
-                         "instance started here ends with this process")
+        raise UserError("--detach with Ray needs --ray-address of a running cluster: a Ray "
+                        "instance started here ends with this process")
     if kind == "slurm":
         options = Options(kind, jobs, detach, slurm=_slurm_options(slurm))
         require("submitit", "slurm")
         return options
     if kind == "ray":
         if ray.get("cpus_per_task", 1) <= 0 or ray.get("gpus_per_task", 0) < 0:
-            raise ValueError(f"--ray-cpus-per-task must be positive and --ray-gpus-per-task at "
-                             f"least 0, got {ray.get('cpus_per_task', 1)} and "
-                             f"{ray.get('gpus_per_task', 0)}")
+            raise UserError(f"--ray-cpus-per-task must be positive and --ray-gpus-per-task at "
+                            f"least 0, got {ray.get('cpus_per_task', 1)} and "
+                            f"{ray.get('gpus_per_task', 0)}")
         options = Options(kind, jobs, detach, ray=RayOptions(**ray))
         require("ray", "ray")
         return options

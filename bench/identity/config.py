@@ -21,7 +21,7 @@ from typing import Any
 from bench import registry
 from bench.data.load import data_identity, load_data, loader_name, resolve_data
 from bench.hparams import (
-    NON_NEGATIVE,
+    SEED,
     SettingError,
     check_value,
 )
@@ -86,12 +86,12 @@ def build_grid(models: Sequence[str], dataset: str, combos: Sequence[str] | None
     _names(seeds, "the list of seeds", "0,1,2")
     prof = get_profile(profile)
     split_seed = check_value("--split-seed", "split_seed", split_seed, int,
-                             {"split_seed": NON_NEGATIVE}, conventions=False)
+                             {"split_seed": SEED}, conventions=False)
     name, options = resolve_data(dataset, prof.options_for(dataset, data_options))
     data = load_data(name, options, split_seed)
     combos = [data.check_letters(c) for c in (prof.default_combos(data.letters)
                                               if combos is None else combos)]
-    seeds = [check_value("--seeds", "seed", s, int, {"seed": NON_NEGATIVE}, conventions=False)
+    seeds = [check_value("--seeds", "seed", s, int, {"seed": SEED}, conventions=False)
              for s in (prof.default_seeds() if seeds is None else seeds)]
     digest, split = data.content_digest, data.split_digest
     cells = []
@@ -99,6 +99,7 @@ def build_grid(models: Sequence[str], dataset: str, combos: Sequence[str] | None
         registry.model_class(model)
         for combo in combos:
             hp = registry.resolve_hparams(model, data.spec(combo), overrides, profile)
+            registry.check_model(model, data.spec(combo), hp)
             cells += [RunConfig(model, name, combo, int(seed), hp, profile, split_seed, options,
                                 digest, split, tuple(plugins)) for seed in seeds]
     return cells

@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
@@ -27,6 +28,10 @@ from bench.data.load import load_data
 from bench.training.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
+
+#: What computes the logistic regression, named beside its numbers: its last digits can
+#: move with the library's version.
+LIBRARY = f"scikit-learn {sklearn.__version__}"
 
 MAJORITY = "majority class"
 LOGREG = "logistic regression"
@@ -92,11 +97,29 @@ def context_metric(rows: Any, metric: str) -> dict[str, dict[str, float]]:
         options = first.get("data_options")
         seed = first.get("split_seed")
         seed = int(seed) if isinstance(seed, (int, float)) and seed == seed else 0
+        options = options if isinstance(options, dict) else {}
         try:
-            scores = context_scores(first["dataset"], options if isinstance(options, dict)
-                                    else {}, seed, combo)
+            changed = _changed(group, first["dataset"], options, seed)
+            if changed:
+                logger.warning("no context lines for %s %s: %s", first["dataset"], combo,
+                               changed)
+                continue
+            scores = context_scores(first["dataset"], options, seed, combo)
         except (OSError, ValueError, KeyError) as exc:
             logger.warning("no context lines for %s %s: %s", first["dataset"], combo, exc)
             continue
         out[combo] = {line: scores[line][name] for line in CONTEXT}
     return out
+
+
+def _changed(group: Any, dataset: str, options: dict[str, Any], split_seed: int) -> str:
+    """Why the data loaded now are not those the runs of ``group`` trained on ("" when they
+    are): the content digest stored in their configuration, or their split's digest."""
+    data = load_data(dataset, options, split_seed)
+    stored = {c.get("data_digest") for c in group.get("config", []) if isinstance(c, dict)}
+    splits = set(group["split_digest"].dropna()) if "split_digest" in group else set()
+    if stored - {None, data.content_digest} or splits - {data.split_digest}:
+        return ("its data changed since these runs trained (the data digest or split stored "
+                "with them differs from the files now); the table shows their results on the "
+                "data they ran on — re-run the grid to compare on the current data")
+    return ""

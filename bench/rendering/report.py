@@ -19,6 +19,8 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 110em
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; }
 .warning { border-left: 4px solid #d55e00; background: #fff4e5; padding: .6em 1em; }
 .panels { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.panel { max-width: 100%; overflow-x: auto; }  /* a wide table scrolls, never the page */
+thead th { white-space: normal; }
 .panel h4 { margin: .4em 0; font-style: italic; font-weight: normal; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 thead th { border-top: 2px solid #333; border-bottom: 1px solid #333; }

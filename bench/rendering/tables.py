@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from bench.errors import UserError
 from bench.profiles import paper_order
 from bench.training.metrics import metric_columns, metric_of
 
@@ -44,24 +45,24 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, profile: str | Non
 
     ok = df[df["status"] == "ok"]
     if ok.empty:
-        raise ValueError("the store holds no successful run yet")
+        raise UserError("the store holds no successful run yet")
     if "key_version" in ok:
         current = ok[ok["key_version"] == KEY_VERSION]
         if current.empty:
-            raise ValueError(f"the store holds only runs keyed by an older version of the suite "
-                             f"(key version {sorted(set(ok['key_version'].dropna()))}); run the "
-                             "grid again — old rows stay readable with "
-                             "bench.results.store.load_results")
+            raise UserError(f"the store holds only runs keyed by an older version of the suite "
+                            f"(key version {sorted(set(ok['key_version'].dropna()))}); run the "
+                            "grid again — old rows stay readable with "
+                            "bench.results.store.load_results")
         ok = current
     dataset = dataset or ok["dataset"].iloc[-1]
     ok = ok[ok["dataset"] == dataset]
     if ok.empty:
-        raise ValueError(f"no successful run on data set {dataset!r}; stored data sets: "
-                         f"{sorted(df['dataset'].unique())}")
+        raise UserError(f"no successful run on data set {dataset!r}; stored data sets: "
+                        f"{sorted(df['dataset'].unique())}")
     profile = profile or ok["profile"].iloc[-1]
     ok = ok[ok["profile"] == profile]
     if ok.empty:
-        raise ValueError(f"no successful {dataset!r} run with profile {profile!r}")
+        raise UserError(f"no successful {dataset!r} run with profile {profile!r}")
     if "data_options" not in ok:
         return ok, dataset, profile
     found = ok["data_options"].map(_option_text)
@@ -70,8 +71,8 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, profile: str | Non
     chosen = ok[found == wanted]
     others = sorted(set(found) - {wanted})
     if chosen.empty:
-        raise ValueError(f"no successful {dataset!r} {profile} run with the data options "
-                         f"{wanted or 'of the defaults'}; stored: {'; '.join(others)}")
+        raise UserError(f"no successful {dataset!r} {profile} run with the data options "
+                        f"{wanted or 'of the defaults'}; stored: {'; '.join(others)}")
     if others:
         logger.warning("%d %s %s run(s) under other data options left out of the table (%s); "
                        "--data-option KEY=VALUE selects them", len(ok) - len(chosen), dataset,
@@ -155,7 +156,7 @@ def render(table: pd.DataFrame, fmt: str = "markdown") -> str:
         return table.to_csv()
     if fmt == "markdown":
         return tabulate(table, headers="keys", tablefmt="github", stralign="center")
-    raise ValueError(f"unknown format {fmt!r}; choose markdown or csv")
+    raise UserError(f"unknown format {fmt!r}; choose markdown or csv")
 
 
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")

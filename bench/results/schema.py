@@ -27,7 +27,7 @@ COLUMNS: dict[str, str] = {
     "fvcore_flops_per_sample": "REAL", "fvcore_flops_batch": "REAL", "fvcore_skipped_ops": "TEXT",
     "ms_per_iter": "REAL", "ms_per_iter_median": "REAL", "s_per_epoch": "REAL",
     "train_seconds": "REAL",
-    "device": "TEXT", "device_name": "TEXT", "threads": "INTEGER",
+    "device": "TEXT", "device_name": "TEXT", "threads": "INTEGER", "omp_wait_policy": "TEXT",
     "torch_version": "TEXT", "python_version": "TEXT", "code_version": "TEXT",
 }
 #: The ``claims`` table: one row per cell a coordinator has started and not yet written.

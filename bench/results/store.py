@@ -12,17 +12,14 @@ Guarantees:
 * Concurrent opening: the schema is created, or an older one extended (columns added, never
   dropped), in one ``BEGIN IMMEDIATE`` transaction that re-reads what is there, so any
   number of processes may open the same new or old store at once.
-* Foreign files untouched: a store is recognised by its ``meta`` table holding
-  ``schema_version``. A new path or an empty file becomes a store; anything else (another
-  SQLite file, a corrupt one, a newer schema) is refused with StoreError, unwritten.
-* Read-only reading: ``readonly=True`` (used by :func:`load_results`, hence ``table`` and
-  ``report``) opens with ``mode=ro`` (``immutable=1`` if that fails, e.g. a crashed
-  writer's journal on read-only media), never creates, alters or makes directories, and
-  reads older layouts: missing columns load as None ({} for JSON columns).
-* A store that cannot be created or written is a StoreError naming the path and reason.
-
-Claims (several coordinators on one store): the ``claims`` table and its guarantees are
-described in :mod:`bench.results.claims`.
+* Foreign files untouched: a store is recognised by its ``meta`` table's ``schema_version``;
+  a new path or an empty file becomes a store, anything else is refused, unwritten.
+* Read-only reading: ``readonly=True`` (:func:`load_results`, ``table``, ``report``) opens
+  with ``mode=ro`` (``immutable=1`` if that fails: a crashed writer's journal on read-only
+  media), changes nothing, and reads older layouts (missing columns load as None or {}).
+* A store that cannot be created or written is a StoreError naming the path and reason; a
+  damaged one is rebuilt from its backup (:mod:`bench.results.backup`). Claims (several
+  coordinators on one store) are described in :mod:`bench.results.claims`.
 """
 
 from __future__ import annotations
@@ -86,8 +83,7 @@ def default_store_path() -> Path:
 class ResultStore:
     """Open (or, unless ``readonly``, create) the store at ``path``.
 
-    ``readonly=True`` is for reading stores on media we may not write to (or must not):
-    nothing is created, migrated or locked for writing, and :meth:`write` is refused.
+    ``readonly=True``: nothing is created, migrated or locked, and :meth:`write` is refused.
     """
 
     _conn: sqlite3.Connection  # set by the _open_* methods
@@ -237,6 +233,15 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def keys(self) -> set[str]:
+        """Keys of every stored run, finished or failed."""
+        return {r[0] for r in self._conn.execute("SELECT key FROM runs")}
+
+    def backup_to(self, target: sqlite3.Connection) -> None:
+        """Copy the whole store into ``target`` (SQLite's online backup: consistent while
+        other processes write; :mod:`bench.results.backup`)."""
+        self._conn.backup(target)
+
     def done_keys(self) -> set[str]:
         """Keys of runs that finished successfully (failed runs are retried)."""
         return {r[0] for r in self._conn.execute("SELECT key FROM runs WHERE status = 'ok'")}
@@ -366,14 +371,17 @@ class ResultStore:
         retried)."""
         paths = self.pending_receipts() if keys is None else \
             [p for p in map(self._receipt, keys) if p.is_file()]
-        return receipts.ingest(paths, self.write)
+        return receipts.ingest(paths, self.write, receipts.kept_dir(self.path))
 
     def load(self) -> pd.DataFrame:
         """All runs as a DataFrame, JSON columns decoded and hyper-parameters as columns."""
         tables, cols = self._layout()
         if "runs" in tables:
             order = " ORDER BY created_at" if "created_at" in cols else ""
-            df = pd.read_sql_query(f"SELECT * FROM runs{order}", self._conn)
+            try:
+                df = pd.read_sql_query(f"SELECT * FROM runs{order}", self._conn)
+            except pd.errors.DatabaseError as exc:  # pandas wraps SQLite's error: unwrap it
+                raise sqlite3.DatabaseError(str(exc.__cause__ or exc)) from exc
         else:
             df = pd.DataFrame(columns=list(COLUMNS))
         for c in COLUMNS:  # an older layout read in place: columns it lacks are empty

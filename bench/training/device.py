@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from bench.errors import UserError
+
 
 def device_type(device: str) -> str:
     """The kind a device name asks for (``auto`` → what this machine has), checking only the
@@ -15,7 +17,7 @@ def device_type(device: str) -> str:
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     return dev.type
 
 
@@ -25,8 +27,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     kind = device_type(device)
     dev = torch.device(kind if device == "auto" else device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} does not exist; this machine has "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
+        raise UserError(f"device {device!r} does not exist; this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s)")
     return dev

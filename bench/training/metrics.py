@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
+from bench.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -124,8 +126,8 @@ def metric_of(column_name: str) -> Metric:
         for m in METRICS:
             if column(split, m.name) == column_name:
                 return m
-    raise ValueError(f"unknown metric {column_name!r}; choose one of "
-                     f"{', '.join(metric_columns(('test', 'val')))}")
+    raise UserError(f"unknown metric {column_name!r}; choose one of "
+                    f"{', '.join(metric_columns(('test', 'val')))}")
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, *,

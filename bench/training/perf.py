@@ -35,8 +35,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import registry
 from bench.data.core import num_batches
 from bench.data.load import load_data
+from bench.errors import UserError
 from bench.identity.config import RunConfig
 from bench.profiles import get_profile
+from bench.threads import busy_processes, wait_policy
 from bench.training.complexity import count_params  # also registers the grouped-matmul FLOP formula
 from bench.training.device import resolve_device
 from bench.training.train import class_weight, make_adam, seed_everything, train_step
@@ -63,6 +65,8 @@ class PerfResult:
     achieved_gflops: float
     matmul_gflops: float
     fraction_of_matmul_peak: float
+    wait_policy: str = "default"
+    busy: int = 0
     official_ms_per_step_median: float | None = None
     speedup_vs_official: float | None = None
 
@@ -129,8 +133,9 @@ def _forever(make: Any) -> Iterator:
 def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", combo: str = "IGCB",
               steps: int = 200, warmup: int = 20, device: str = "auto",
               overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
-              seed: int = 0, official: bool = False) -> PerfResult:
-    """Time ``steps`` training steps after ``warmup`` untimed ones (see the module doc)."""
+              seed: int = 0, official: bool = False, busy: int = 0) -> PerfResult:
+    """Time ``steps`` training steps after ``warmup`` untimed ones (see the module doc),
+    with ``busy`` processes spinning beside them (a reproducible load)."""
     from flexmoe.model import FlexMoE
     from flexmoe.reference import official_design, per_sample_loader, released_batches
 
@@ -141,8 +146,8 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
     seed_everything(seed)
     model = registry.build_model(model_name, data.spec, hp).to(dev)
     if official and not isinstance(model, FlexMoE):
-        raise ValueError(f"the official-design comparison exists for Flex-MoE models only, "
-                         f"not {model_name!r}")
+        raise UserError(f"the official-design comparison exists for Flex-MoE models only, "
+                        f"not {model_name!r}")
     reference = official_design(model) if official else None
     batch_size = hp["batch_size"]
     weight = class_weight(data)
@@ -160,7 +165,8 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
                                          weight_decay=hp.get("weight_decay", 0.0))
         runs.append((reference, ref_optimizer, ref_stream, weight))
     try:
-        times, *ref_times = _time_interleaved(runs, dev, steps, warmup)
+        with busy_processes(busy):
+            times, *ref_times = _time_interleaved(runs, dev, steps, warmup)
     finally:
         if ref_stream is not None:
             ref_stream.close()  # the loader's worker processes exit
@@ -178,7 +184,7 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
         samples_per_s=batch_size / mean, steps_per_epoch=steps_per_epoch,
         s_per_epoch=steps_per_epoch * mean, train_gflop_per_step=flops / 1e9,
         achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak,
-        official_ms_per_step_median=official_median,
+        wait_policy=wait_policy(), busy=busy, official_ms_per_step_median=official_median,
         speedup_vs_official=None if official_median is None else official_median / median)
 
 

@@ -19,6 +19,7 @@ from bench import registry
 from bench.data.core import RunData
 from bench.data.load import load_data
 from bench.identity.config import KEY_VERSION, RunConfig
+from bench.threads import wait_policy
 from bench.training.complexity import count_params, forward_flops, fvcore_macs
 from bench.training.device import resolve_device
 from bench.training.metrics import SPLITS, column, metric_names
@@ -40,7 +41,8 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu",
         **_cell_columns(cell), "device": dev.type,
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                         else platform.processor() or platform.machine()),
-        "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(), "omp_wait_policy": wait_policy(),
+        "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
     t0 = time.perf_counter()

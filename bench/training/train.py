@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.core import Batch, RunData
-from bench.model import BenchModel
+from bench.errors import UserError
+from bench.model import BenchModel, check_output
 from bench.training.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,15 @@ def class_weight(data: RunData) -> torch.Tensor | None:
 
 
 def train_step(model: BenchModel, batch: Batch, optimizer: torch.optim.Optimizer,
-               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimisation step on ``cross_entropy + aux``; returns the (detached) loss."""
-    logits, aux = model(batch)
+               weight: torch.Tensor | None = None,
+               check_classes: int | None = None) -> torch.Tensor:
+    """One optimisation step on ``cross_entropy + aux``; returns the (detached) loss.
+    ``check_classes``: check the output against the contract with that many classes first
+    (a run's first step)."""
+    output = model(batch)
+    if check_classes is not None:
+        check_output(model, output, batch, check_classes)
+    logits, aux = output
     loss = F.cross_entropy(logits, batch.y, weight=weight) + aux
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -106,7 +113,10 @@ def predict(model: BenchModel, data: RunData, split: str,
     model.eval()
     probs, ys = [], []
     for batch in data.batches(split, batch_size or eval_batch_size_for(data.device)):
-        logits, _ = model(batch)
+        output = model(batch)
+        if not probs:
+            check_output(model, output, batch, data.spec.num_classes)
+        logits, _ = output
         probs.append(torch.softmax(logits.float(), dim=1))
         ys.append(batch.y)
     return torch.cat(probs).cpu().numpy(), torch.cat(ys).cpu().numpy()
@@ -122,7 +132,7 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
     Step times exclude the first ``warmup_steps`` steps and synchronise CUDA.
     """
     if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+        raise UserError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
     device = data.device
     cuda = device.type == "cuda"
     optimizer = make_adam(model, lr, weight_decay)
@@ -136,7 +146,8 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
         t_epoch = time.perf_counter()
         for step, batch in enumerate(data.batches("train", batch_size, how, generator, seed)):
             t0 = time.perf_counter()
-            loss = train_step(model, batch, optimizer, weight)
+            loss = train_step(model, batch, optimizer, weight,
+                              None if step_ms else data.spec.num_classes)
             if cuda:
                 torch.cuda.synchronize(device)
             step_ms.append((time.perf_counter() - t0) * 1e3)
@@ -172,6 +183,11 @@ def evaluate(model: BenchModel, data: RunData, split: str, batch_size: int | Non
     for every sample is flagged in the tables)."""
     split_notes: dict[str, str] = {}
     probs, y = predict(model, data, split, batch_size)
+    bad = int((~np.isfinite(probs).all(1)).sum()) if len(probs) else 0
+    if bad:
+        raise FloatingPointError(f"the selected state's outputs are not finite (NaN or inf) "
+                                 f"for {bad} of {len(probs)} {split} samples: the model "
+                                 "diverged; lower the learning rate or check the inputs")
     if counts is not None:
         pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
         counts[split] = np.bincount(pred, minlength=data.spec.num_classes).tolist()

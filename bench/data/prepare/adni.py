@@ -23,6 +23,7 @@ from bench.data.prepare.output import VERSION, Workspace, describe_inputs, libra
 from bench.data.prepare.quirks import MODALITIES, QUIRKS
 from bench.data.prepare.raw import RawInputError
 from bench.data.prepare.split import write_split
+from bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ def check_names(given: Iterable[str], known: Iterable[str], option: str) -> froz
         return frozenset(known)
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise ValueError(f"{option}: unknown name(s) {unknown}; expected some of "
-                         f"{', '.join(known)} or all")
+        raise UserError(f"{option}: unknown name(s) {unknown}; expected some of "
+                        f"{', '.join(known)} or all")
     return frozenset(given)
 
 

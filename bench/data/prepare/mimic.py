@@ -29,6 +29,7 @@ from bench.data.prepare.mimic_tables import TABLES, examples, read_table, unmatc
 from bench.data.prepare.output import VERSION, Workspace, describe_inputs, library_versions, stamp
 from bench.data.prepare.raw import RawInputError
 from bench.data.prepare.split import write_split
+from bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -318,15 +319,15 @@ def _check(raw: Path, options: dict[str, Any]) -> None:
     for name in ("note_dim", "lab_items", "min_code_count", "split_seed"):
         value, least = options[name], 0 if name == "split_seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"--{name.replace('_', '-')} must be an integer ≥ {least}, got "
-                             f"{value!r}")
+            raise UserError(f"--{name.replace('_', '-')} must be an integer ≥ {least}, got "
+                            f"{value!r}")
     val, test = options["val_frac"], options["test_frac"]
     if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
-        raise ValueError(f"--val-frac {val} and --test-frac {test} must each lie in (0, 1) and "
-                         "sum to less than 1 (the rest is the training split)")
+        raise UserError(f"--val-frac {val} and --test-frac {test} must each lie in (0, 1) and "
+                        "sum to less than 1 (the rest is the training split)")
     if options["in_hospital_deaths"] not in IN_HOSPITAL_DEATHS:
-        raise ValueError(f"--in-hospital-deaths {options['in_hospital_deaths']!r}: expected "
-                         f"{' or '.join(IN_HOSPITAL_DEATHS)}")
+        raise UserError(f"--in-hospital-deaths {options['in_hospital_deaths']!r}: expected "
+                        f"{' or '.join(IN_HOSPITAL_DEATHS)}")
     notes.check_embedder(options["embedder"])
 
 

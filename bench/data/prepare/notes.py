@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from bench.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 TFIDF = "tfidf"
@@ -57,9 +59,9 @@ def check_embedder(embedder: str) -> None:
     if embedder.startswith(ST_PREFIX) and embedder[len(ST_PREFIX):].strip():
         _sentence_transformers(embedder)
         return
-    raise ValueError(f"--embedder {embedder!r}: expected {TFIDF} or "
-                     f"{ST_PREFIX}NAME_OR_PATH (a sentence-transformers model, e.g. "
-                     f"{ST_PREFIX}all-MiniLM-L6-v2)")
+    raise UserError(f"--embedder {embedder!r}: expected {TFIDF} or "
+                    f"{ST_PREFIX}NAME_OR_PATH (a sentence-transformers model, e.g. "
+                    f"{ST_PREFIX}all-MiniLM-L6-v2)")
 
 
 def describe(embedder: str) -> dict[str, Any]:
@@ -101,20 +103,20 @@ def _tfidf(texts: list[str], train: np.ndarray,
 
     fit_texts = [t for t, keep in zip(texts, train) if keep]
     if len(fit_texts) < 2:
-        raise ValueError(f"the TF-IDF embedder needs at least 2 training notes, found "
-                         f"{len(fit_texts)}; use a sentence-transformers embedder or a larger "
-                         "cohort")
+        raise UserError(f"the TF-IDF embedder needs at least 2 training notes, found "
+                        f"{len(fit_texts)}; use a sentence-transformers embedder or a larger "
+                        "cohort")
     vectorizer = TfidfVectorizer(**TFIDF_SETTINGS)
     try:
         fitted = vectorizer.fit_transform(tqdm(fit_texts, desc="TF-IDF (training notes)",
                                                unit="note"))
     except ValueError as exc:  # no term in two training notes
-        raise ValueError(f"the training notes give no TF-IDF term ({exc}); the notes are "
-                         "empty or share no word") from None
+        raise UserError(f"the training notes give no TF-IDF term ({exc}); the notes are "
+                        "empty or share no word") from None
     dim = min(note_dim, min(fitted.shape) - 1)
     if dim < 1:
-        raise ValueError(f"the training notes give {fitted.shape[1]} TF-IDF term(s): too few "
-                         "for an SVD embedding")
+        raise UserError(f"the training notes give {fitted.shape[1]} TF-IDF term(s): too few "
+                        "for an SVD embedding")
     if dim < note_dim:
         logger.warning("--note-dim %d: the training notes (%d notes, %d terms) give at most "
                        "%d SVD components; using %d", note_dim, fitted.shape[0],
@@ -135,8 +137,8 @@ def _pretrained(texts: list[str], embedder: str,
     vectors = np.asarray(model.encode(texts, batch_size=ST_BATCH, show_progress_bar=True,
                                       convert_to_numpy=True), dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-        raise ValueError(f"{embedder}: expected one vector per note, got an array of shape "
-                         f"{vectors.shape}")
+        raise UserError(f"{embedder}: expected one vector per note, got an array of shape "
+                        f"{vectors.shape}")
     if vectors.shape[1] != note_dim:
         logger.info("%s gives %d-dimensional vectors; --note-dim %d applies to tfidf only",
                     name, vectors.shape[1], note_dim)

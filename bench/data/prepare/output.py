@@ -32,6 +32,7 @@ from typing import Any
 
 from bench.data import official
 from bench.data.digest import file_digest, files_digest
+from bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ class Workspace:
     def __init__(self, out: Path, family: str, label_file: str,
                  extra: Iterable[str] = ()) -> None:
         if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} exists and is not a folder; name a folder "
-                             "(it is created if absent)")
+            raise UserError(f"--out {out} exists and is not a folder; name a folder "
+                            "(it is created if absent)")
         self.out = out
         self.cache = out / CACHE
         self.cache.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.errors import UserError
 
-class RawInputError(ValueError):
+
+class RawInputError(UserError):
     """A raw download is missing, empty, unreadable or lacks a column (one line, no trace)."""
 
 
