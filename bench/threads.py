@@ -1,15 +1,16 @@
-"""OpenMP's wait policy: idle OpenMP threads sleep rather than spin, so a run keeps its speed
-on a machine it shares.
+"""OpenMP's wait policy for one-thread workers, and a reproducible load for ``perf``.
 
-A training step of these small models runs hundreds of short parallel regions. By default
-GNU OpenMP (PyTorch's runtime on Linux) keeps each thread spinning for a while between
-regions; when other processes hold the cores, the spinning threads take turns with the one
-that has work, and a 15 ms step takes 150 ms and more. With ``OMP_WAIT_POLICY=PASSIVE`` a
-thread waiting for work sleeps at once: on an idle machine this costs little, under load it
-keeps a step near its idle time (measured in the documentation's speed page). The runtime
-reads the variable once, when it is loaded with torch, so the command line sets it before
-anything imports torch, and the worker processes it starts inherit it. A value the user set
-is kept.
+A training step of these small models runs hundreds of short parallel regions. GNU OpenMP
+(PyTorch's runtime on Linux) keeps a thread spinning for a while between regions. Measured
+on a 2-core machine (the documentation's speed page): with two threads, spinning is what
+makes a step fast when the machine is idle (15 ms; with ``OMP_WAIT_POLICY=PASSIVE`` 34–39
+ms), and when other trainings share the cores a two-thread step collapses whatever the
+policy (169–185 ms; passive 56–123 ms), while a one-thread step keeps its share (48–50 ms)
+and costs the same idle under either policy (20–21 ms). So the process pool's workers, which
+run one thread each, sleep when they wait (``PASSIVE``, unless the user set a policy), and
+on a shared machine a grid is best run with ``--jobs`` (one thread per run). The runtime
+reads the variable once, when torch loads: a worker inherits it from its parent's
+environment.
 """
 
 from __future__ import annotations
@@ -17,27 +18,33 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
-#: The policy the command line asks for unless ``OMP_WAIT_POLICY`` is already set.
-DEFAULT_POLICY = "PASSIVE"
+#: The policy of one-thread workers unless ``OMP_WAIT_POLICY`` is already set.
+WORKER_POLICY = "PASSIVE"
 
 
-def prefer_passive_wait() -> None:
-    """Ask the OpenMP runtime for :data:`DEFAULT_POLICY` unless the user chose a policy.
-    Effective only before torch is imported; later it changes nothing (and says so through
-    :func:`wait_policy`)."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT_POLICY)
+def _policy(value: str | None) -> str:
+    value = (value or "").strip().upper()
+    return value if value in ("PASSIVE", "ACTIVE") else "default"
+
+
+#: The policy of this process: the variable as it was when this module was first imported,
+#: which is before torch loads in every process the suite starts.
+_AT_START = _policy(os.environ.get("OMP_WAIT_POLICY"))
 
 
 def wait_policy() -> str:
     """The wait policy OpenMP runs with in this process, as recorded with a timing:
     ``PASSIVE``, ``ACTIVE`` or ``default`` (the runtime's own: spin, then sleep)."""
-    value = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
-    return value if value in ("PASSIVE", "ACTIVE") else "default"
+    return _AT_START
+
+
+def passive_workers() -> None:
+    """Have the worker processes started from now on sleep when they wait (their
+    environment's ``OMP_WAIT_POLICY``), unless the user chose a policy."""
+    os.environ.setdefault("OMP_WAIT_POLICY", WORKER_POLICY)
 
 
 def spin(started: Any) -> None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from bench.threads import prefer_passive_wait
+import numpy as np
+import pytest
+import torch
 
-prefer_passive_wait()  # before torch loads, as the command line does: fast on a busy machine
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from bench.data.arrays import Modality, RawArrays  # noqa: E402
-from bench.data.core import Batch, DataSpec, MultimodalData  # noqa: E402
-from bench.data.load import load_data  # noqa: E402
+from bench.data.arrays import Modality, RawArrays
+from bench.data.core import Batch, DataSpec, MultimodalData
+from bench.data.load import load_data
 
 
 def toy_arrays(n: int = 120, seed: int = 0, letters: str = "ABC",

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench import registry
 from bench.artefacts import reference_files
 from bench.cli import commands
 from bench.cli.main import main
@@ -110,7 +111,9 @@ class Bad(BenchModel):
      "self.w.sum() * 0)", "not finite"),
 ])
 def test_a_model_breaking_the_contract_fails_its_run_with_the_contract_spelled_out(
-        tmp_path, capsys, name, output, says):
+        tmp_path, capsys, monkeypatch, name, output, says):
+    registry.load_builtins()
+    monkeypatch.setattr(registry, "_models", dict(registry._models))  # the plug-in leaves
     plugin = tmp_path / f"bad_{name}.py"
     plugin.write_text(_BAD_MODEL.format(name=name, output=output))
     store = tmp_path / "runs.sqlite"

@@ -86,8 +86,11 @@ def test_process_pool_gives_the_same_rows(tmp_path):
             serial = {r["key"]: r for r in run_grid(cells, a, progress=False)}
         finally:
             torch.set_num_threads(threads)
+        expected = (os.environ.get("OMP_WAIT_POLICY") or "PASSIVE").upper()
         pooled = {r["key"]: r for r in run_grid(cells, b, jobs=2, progress=False)}
         assert not list(b.receipts_dir.glob("*.json"))
+    # one-thread workers sleep when they wait (unless a policy was set before)
+    assert {r["omp_wait_policy"] for r in pooled.values()} == {expected}
     assert serial.keys() == pooled.keys()
     for key, row in serial.items():
         for k in ("test_acc", "test_f1", "test_auc", "val_acc_curve", "params", "best_epoch"):

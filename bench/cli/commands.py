@@ -55,8 +55,8 @@ def _print_table(store_path: Path | None, metric: str, dataset: str | None = Non
     table = pivot(runs, metric, context_metric(runs, metric))
     if fmt == "markdown":
         spread = "mean ± std over seeds" if len(seeds) > 1 else "seed"
-        print(f"\n{metric} (%, {spread} {seeds}) on {dataset} ({_settings(runs)}), profile "
-              f"{profile}\n")
+        print(f"\n{metric} (%, {spread} {', '.join(map(str, seeds))}) on {dataset} "
+              f"({_settings(runs)}), profile {profile}\n")
     print(render(table, fmt))
     if fmt == "markdown":
         if any(ONE_CLASS_MARK in str(v) for v in table.to_numpy().ravel()):

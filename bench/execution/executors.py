@@ -52,6 +52,7 @@ from bench.identity.config import RunConfig
 from bench.results.claims import Coordinator
 from bench.results.receipts import write_receipt
 from bench.results.store import ResultStore
+from bench.threads import passive_workers
 from bench.training.run import execute, failure_row
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ class ProcessExecutor(Executor):
         self._alone = False  # the runs in flight are one suspect, run alone
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        if self.threads == 1:  # one thread each: sleeping costs nothing idle, holds under load
+            passive_workers()
         return ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
                                    initializer=_exit_with_parent, initargs=(os.getpid(),))
 
