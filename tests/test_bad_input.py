@@ -154,6 +154,16 @@ def test_a_blank_split_cell_names_the_line(tmp_path, capsys):
     assert "split.csv: empty split on line(s) 5" in _folder_error(capsys, root)
 
 
+def test_a_split_seed_is_refused_where_the_split_comes_from_a_file(tmp_path, capsys):
+    root = _folder(tmp_path / "d")
+    parts = ["train"] * 30 + ["val"] * 5 + ["test"] * 5
+    pd.DataFrame({"id": [f"p{i}" for i in range(40)], "split": parts}).to_csv(
+        root / "split.csv", index=False)
+    err = _error(capsys, ["run", "--models", "tf", "--dataset", f"folder:{root}",
+                          "--split-seed", "3", "--dry-run"])
+    assert "--split-seed 3 has no effect, its split comes from" in err and "split.csv" in err
+
+
 def test_a_folder_named_like_a_modality_file_is_named(tmp_path, capsys):
     root = _folder(tmp_path / "d")
     (root / "Z_notes.csv").mkdir()

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.data import folder, mfeat, official, synthetic_adni, synthetic_mimic
 from bench.data.core import MultimodalData
 from bench.data.digest import files_digest
-from bench.data.splits import make_split, read_split_file
+from bench.data.splits import make_split, read_split_file, refuse_seed_with_fixed_split
 from bench.errors import UserError
 from bench.registry import register_dataset
 from bench.resources import shipped
@@ -29,7 +29,10 @@ def datasets_root() -> Path:
 
 def _finish(raw, name: str, family: str, split_seed: int, split_file: str | None,
             description: str, meta: dict, digest: str) -> MultimodalData:
-    splits = read_split_file(split_file, raw.ids, name) if split_file else None
+    splits = None
+    if split_file:
+        refuse_seed_with_fixed_split(split_seed, str(split_file), name)
+        splits = read_split_file(split_file, raw.ids, name)
     return MultimodalData.from_arrays(raw, name, family, split_seed=split_seed, splits=splits,
                                       description=description, meta=meta,
                                       content_digest=digest)
@@ -90,6 +93,7 @@ def load_folder(path: str, split_seed: int = 0, family: str = "custom",
     raw, files = found.raw, list(found.files)
     split_file = Path(path) / "split.csv"
     if split_file.is_file():
+        refuse_seed_with_fixed_split(split_seed, str(split_file), name)
         splits = read_split_file(split_file, raw.ids, name)
         files.append(("split.csv", split_file))
     else:
@@ -117,6 +121,9 @@ def load_adni(root: str | None = None, split_seed: int = 0,
     raw, splits = official.read_adni(folder_)
     if split_file:
         splits = read_split_file(split_file, raw.ids, "adni")
+    if splits is not None:
+        refuse_seed_with_fixed_split(split_seed, split_file or f"the folder's PTID_splits file "
+                                     f"in {folder_}", "adni")
     return MultimodalData.from_arrays(raw, "adni", "adni", split_seed=split_seed, splits=splits,
                                       description=load_adni.__doc__ or "",
                                       meta={"root": str(folder_)},
@@ -134,6 +141,9 @@ def load_mimic(root: str | None = None, split_seed: int = 0,
     raw, splits = official.read_mimic(folder_)
     if split_file:
         splits = read_split_file(split_file, raw.ids, "mimic")
+    if splits is not None:
+        refuse_seed_with_fixed_split(split_seed, split_file or f"the folder's PTID_splits file "
+                                     f"in {folder_}", "mimic")
     return MultimodalData.from_arrays(raw, "mimic", "mimic", split_seed=split_seed, splits=splits,
                                       description=load_mimic.__doc__ or "",
                                       meta={"root": str(folder_)},

@@ -94,3 +94,13 @@ def read_split_file(path: str | Path, ids: np.ndarray, name: str = "data") -> di
         logger.info("split file %s leaves %d sample(s) of %s out of every part", path, left_out,
                     name)
     return out
+
+
+def refuse_seed_with_fixed_split(split_seed: int, source: str, name: str) -> None:
+    """A data set whose split comes from a file has no split to draw: a ``--split-seed``
+    other than 0 would be recorded with its runs yet change nothing, so it is refused."""
+    if split_seed:
+        raise UserError(f"data set {name!r}: --split-seed {split_seed} has no effect, its split "
+                        f"comes from {source}; drop --split-seed, or move that file aside to "
+                        "draw splits from seeds")
+
