@@ -95,3 +95,14 @@ def test_unregistered_models_are_named_and_tables_share_runs(monkeypatch):
     paper = planning.artefact_cells(ARTEFACTS["table3"], choice, "paper")
     assert [c.seed for c in paper.cells] == [0, 1, 2]
     assert paper.cells[0].data_options["scale"] == 1.0 and "flexmoe-no-es" in paper.unregistered
+
+
+def test_figure6_settings_the_model_refuses_are_points_without_a_result():
+    """Flex-MoE needs more experts than the 14 partial combinations of four modalities: the
+    4- and 8-expert points are planned without runs, their reason kept for the figure."""
+    ac = planning.artefact_cells(ARTEFACTS["fig6"], DatasetChoice("synthetic-adni", False),
+                                 "smoke")
+    refused = {ac.sweeps[i][0].value: why for i, why in ac.skipped.items()}
+    assert set(refused) == {4, 8} and all("refuses its settings" in w for w in refused.values())
+    assert all(not cells for i, (_, cells) in enumerate(ac.sweeps) if i in ac.skipped)
+    assert all(cells for i, (_, cells) in enumerate(ac.sweeps) if i not in ac.skipped)

@@ -131,7 +131,9 @@ def test_reproduce_trains_renders_and_resumes_from_the_store(tmp_path, capsys):
     store, out = tmp_path / "r.sqlite", tmp_path / "out"
     args = ["--store", str(store), "--out", str(out), "--dataset", "synthetic-adni", *TINY]
     assert main(["reproduce", "--table", "3,fig5", *args]) == 0
-    assert "**Table 3: Flex-MoE ablations" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'} (and report.md" in printed
+    assert "Table 3: Flex-MoE ablations" in printed and "**" not in printed  # Markdown: in its file
     rows = load_results(store)
     assert len(rows) == 6 and set(rows["status"]) == {"ok"}
     for name in ("table3.md", "table3.tex", "table3.csv", "fig5.png", "fig5.pdf", "fig5.csv",
@@ -142,4 +144,9 @@ def test_reproduce_trains_renders_and_resumes_from_the_store(tmp_path, capsys):
     stamp = cached.stat().st_mtime_ns
     assert main(["report", "--table", "3,fig5", *args]) == 0
     assert len(load_results(store)) == 6 and cached.stat().st_mtime_ns == stamp
+    # without --profile, report renders the profile of the store's latest runs and says so
+    plain = ["--store", str(store), "--out", str(out), "--dataset", "synthetic-adni"]
+    capsys.readouterr()
+    assert main(["report", "--table", "3", *plain]) == 0
+    assert "profile smoke: that of the latest finished runs" in capsys.readouterr().out
     assert "Table 3" in (out / "report.html").read_text()

@@ -18,7 +18,7 @@ from flexmoe.model import FlexMoE
 SMALL = {"scale": 0.2}
 FAST = {"epochs": 2}
 TIMING = ("ms_per_iter", "ms_per_iter_median", "s_per_epoch", "train_seconds", "created_at",
-          "threads")
+          "threads", "cpu_share", "load_avg")
 
 
 def _grid(**kw):
@@ -91,6 +91,8 @@ def test_process_pool_gives_the_same_rows(tmp_path):
         assert not list(b.receipts_dir.glob("*.json"))
     # one-thread workers sleep when they wait (unless a policy was set before)
     assert {r["omp_wait_policy"] for r in pooled.values()} == {expected}
+    # how busy the machine was while each run timed itself
+    assert all(r["cpu_share"] > 0 and r["load_avg"] >= 0 for r in pooled.values())
     assert serial.keys() == pooled.keys()
     for key, row in serial.items():
         for k in ("test_acc", "test_f1", "test_auc", "val_acc_curve", "params", "best_epoch"):

@@ -186,3 +186,26 @@ def test_complexity_table_shows_fvcore_only_when_stored(fvcore):
     fuse = next(r for r in (ln.split("|")[1:-1] for ln in md.splitlines() if ln[:1] == "|")
                 if [c.strip() for c in r[:2]] == ["IG", "FuseMoE"])
     assert fuse[2].strip() == "–¹" and fuse[-1].strip() == "60.41 ± 0.87"
+
+
+def test_a_timing_taken_on_a_busy_machine_is_footnoted_in_table4():
+    """A run whose process got little of its threads' CPU time (stored with it) is marked
+    where Table 4 shows its time, and only there; one that got its share is not."""
+    ac = _cells("table4")
+    rows = _rows(ac)
+    rows["cpu_share"], rows["load_avg"] = 0.97, 0.4
+    busy = (rows["model"] == "flexmoe") & (rows["combo"] == "IG")
+    rows.loc[busy, ["cpu_share", "load_avg"]] = [0.31, 6.8]
+    (panel,) = complexity_view(ac, rows, "quick").panels
+    note = panel.notes.loc[("IG", "Flex-MoE"), "ms / step"]
+    assert "timed on a busy machine: the run got 31% of its threads' CPU time" in note
+    assert "load average 6.8" in note and panel.notes.loc[("IG", "Flex-MoE"), "ACC"] == ""
+    assert panel.notes.loc[("IG", "TF"), "ms / step"] == ""
+
+
+def test_contention_reads_the_cpu_share_of_a_run():
+    from bench.training.run import contention
+
+    assert contention({"cpu_share": 0.95, "load_avg": 1.0}) == ""
+    assert contention({"cpu_share": None}) == "" and contention({}) == ""
+    assert "40%" in contention({"cpu_share": 0.4, "load_avg": 3.0})

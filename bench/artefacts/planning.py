@@ -31,6 +31,7 @@ from bench.artefacts.spec import (
 from bench.data.load import load_data
 from bench.data.missingness import MissingnessError
 from bench.errors import UserError
+from bench.hparams import SettingError
 from bench.identity.config import build_grid
 from bench.profiles import get_profile
 
@@ -114,8 +115,18 @@ def artefact_cells(artefact: Artefact, dataset: DatasetChoice, profile: str,
             sweeps.append((sweep, []))
             continue
         models = [m for m in sweep.models if m in known]
-        cells = build_grid(models, dataset.name, list(sweep.combos), seeds, profile,
-                           {**sweep.overrides, **(overrides or {})},
-                           data_options) if models else []
+        try:
+            cells = build_grid(models, dataset.name, list(sweep.combos), seeds, profile,
+                               {**sweep.overrides, **(overrides or {})},
+                               data_options) if models else []
+        except SettingError as exc:
+            if not sweep.overrides:  # the user's own settings: their error, the whole call's
+                raise
+            # a setting of the sweep the model refuses (Figure 6: 4 experts for 14
+            # partial combinations): the point is shown without a result, with the reason
+            logger.warning("%s: %s = %s left out: %s", artefact.id, sweep.axis, sweep.value,
+                           exc)
+            skipped[i] = f"setting refused: {exc}"
+            cells = []
         sweeps.append((sweep, cells))
     return ArtefactCells(artefact, dataset, sweeps, missing, skipped)

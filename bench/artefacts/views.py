@@ -18,6 +18,7 @@ from bench.profiles import get_profile
 from bench.rendering.context import CONTEXT, LIBRARY, context_metric
 from bench.rendering.tables import ONE_CLASS, Panel, TableView, predicts_one_class
 from bench.resources import shipped
+from bench.training.run import contention
 
 PAPER_DIR = shipped("paper")  # results/paper in a checkout, the package's copy when installed
 UNREGISTERED = "model not registered"
@@ -245,6 +246,8 @@ def complexity_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableV
             continue
         stats = summarise(frame, ["combo", "label"], column, scale).reindex(index)
         mean[header], notes[header], formats[header] = stats["mean"], stats["note"], fmt
+        if header in _TIMED:
+            notes[header] = _with_contention(frame, stats["note"])
         std[header] = stats["std"] if header == "ACC" else pd.Series(np.nan, index=index)
     paper = published(ac.artefact.paper_file)
     paper.index = pd.MultiIndex.from_arrays([paper["combo"], paper["model"]])
@@ -277,13 +280,36 @@ def complexity_view(ac: ArtefactCells, df: pd.DataFrame, profile: str) -> TableV
                      caption(ac, frame, profile, f"{COST_NOTE} {CONTEXT_NOTE}"), panels)
 
 
+#: Table 4's columns measured in time: a run timed on a busy machine is footnoted there.
+_TIMED = ("ms / step", "s / epoch")
+
+
+def _with_contention(frame: pd.DataFrame, notes: pd.Series) -> pd.Series:
+    """``notes`` (by combination and model) with, where a finished run was timed on a busy
+    machine (:func:`bench.training.run.contention`), that said too."""
+    ok = frame[frame["status"] == "ok"]
+    busy = {}
+    for (combo, label), group in ok.groupby(["combo", "label"], sort=False):
+        said = [contention(r) for _, r in group.iterrows()]
+        said = [t for t in said if t]
+        if said:
+            busy[(combo, label)] = (said[0] if len(said) == 1 and len(group) == 1
+                                    else f"{len(said)} of {len(group)} seeds {said[0]}")
+    return pd.Series({k: "; ".join(t for t in (note if isinstance(note, str) else "",
+                                               busy.get(k, "")) if t)
+                      for k, note in notes.items()}, dtype=object).reindex(notes.index)
+
+
 def sensitivity_data(ac: ArtefactCells, df: pd.DataFrame) -> pd.DataFrame:
     """Figure 6: ``axis, value, mean, std, n, note`` — test accuracy (%) per setting."""
     frame = runs(ac, df)
     stats = summarise(frame, ["sweep"], "test_acc", 100.0)
     meta = pd.DataFrame([{"sweep": i, "axis": s.axis, "value": s.value}
                          for i, (s, _) in enumerate(ac.sweeps)]).set_index("sweep")
-    return meta.join(stats).reset_index(drop=True)
+    out = meta.join(stats)
+    out["note"] = [ac.skipped.get(i) or (n if isinstance(n, str) else "")
+                   for i, n in zip(out.index, out["note"])]
+    return out.reset_index(drop=True)
 
 
 def modalities_data(ac: ArtefactCells, df: pd.DataFrame) -> pd.DataFrame:

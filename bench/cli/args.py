@@ -16,6 +16,9 @@ from bench.profiles import PROFILES
 from bench.rendering.tables import METRICS as TABLE_METRICS
 from bench.results.store import DEFAULT_STORE
 
+#: The profile ``reproduce`` trains without ``--profile``.
+REPRODUCE_PROFILE = "smoke"
+
 
 def csv_list(text: str) -> list[str]:
     """``a, b,,c`` → ``["a", "b", "c"]`` (model names, combinations)."""
@@ -163,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--dataset", action="append", default=[], metavar="NAME",
                        help="data set for the tables of its family (repeatable; default: adni "
                        "/ mimic when configured, else synthetic-adni / synthetic-mimic)")
-    paper.add_argument("--profile", choices=sorted(PROFILES), default="smoke",
+    paper.add_argument("--profile", choices=sorted(PROFILES), default=None,
                        help="; ".join(f"{p.name}: {p.describe()}" for p in PROFILES.values())
-                       + " (default: smoke, the whole report in minutes)")
+                       + f" (default: reproduce {REPRODUCE_PROFILE}, the whole report in "
+                       "minutes; report: the profile of the store's latest finished runs)")
     paper.add_argument("--seeds", type=seed_list, default=None, help="override the profile's seeds")
     paper.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.cli.args import assignments, csv_list, positive
+from bench.cli.args import REPRODUCE_PROFILE, assignments, csv_list, positive
 from bench.errors import UserError
 from bench.execution.options import from_args
 from bench.results.store import ResultStore, load_results
@@ -189,6 +190,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from bench.training.perf import benchmark
+    from bench.training.run import contention
 
     if not csv_list(args.models):
         raise UserError("--models is empty; name the models to time, e.g. --models flexmoe,tf")
@@ -219,6 +221,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
           f"wait policy {first.wait_policy}, {first.busy} busy process(es) beside; dense "
           f"matmul peak {first.matmul_gflops:.1f} GFLOP/s; {first.steps_per_epoch} steps/epoch")
     print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f"))
+    for r in results:
+        busy = contention({"cpu_share": r.cpu_share, "load_avg": os.getloadavg()[0]})
+        if busy:
+            print(f"WARNING: {r.model} was {busy}: its step time is not this machine's speed",
+                  file=sys.stderr)
     return 0
 
 
@@ -232,25 +239,31 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_finished_runs(store: Path | None) -> None:
-    """``report`` renders what the store holds: refuse, saying what to do, when it holds no
-    finished run."""
+def _stored_profile(store: Path | None) -> tuple[str, str]:
+    """``report`` renders what the store holds: the profile of its latest finished runs and
+    a line saying so; a store without any is refused, saying what to do."""
     from bench.results.store import default_store_path
 
     path = Path(store) if store is not None else default_store_path()
     if not path.is_file():
         raise UserError(f"no results store at {path}; train runs first (run_bench.py run, or "
                         "run_bench.py reproduce --table …), or pass --store PATH")
-    with ResultStore(path, readonly=True) as opened:
-        if not opened.done_keys():
-            raise UserError(f"the store {path} holds no finished run yet; train runs first "
-                            "(run_bench.py run, or run_bench.py reproduce --table …)")
+    runs = load_results(path)
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        raise UserError(f"the store {path} holds no finished run yet; train runs first "
+                        "(run_bench.py run, or run_bench.py reproduce --table …)")
+    latest = ok.sort_values("created_at").iloc[-1]["profile"]
+    profiles = ok["profile"].value_counts()
+    others = ", ".join(f"{n} of {p}" for p, n in profiles.items() if p != latest)
+    return str(latest), (f"profile {latest}: that of the latest finished runs in {path} "
+                         f"({profiles[latest]} run(s){'; also ' + others if others else ''}); "
+                         "--profile picks another")
 
 
 def _reproduce(args: argparse.Namespace, train: bool) -> int:
     from bench.artefacts.catalogue import select
     from bench.artefacts.reproduce import fallback_notes, plan, reproduce, train_grid
-    from bench.rendering.tables import to_markdown
     from bench.training.device import resolve_device
 
     options = _executor(args) if train else None
@@ -259,7 +272,11 @@ def _reproduce(args: argparse.Namespace, train: bool) -> int:
                         "and report (it is created if absent)")
     if not train:
         resolve_device(args.device)
-        _require_finished_runs(args.store)
+        latest, said = _stored_profile(args.store)
+        if args.profile is None:
+            args.profile = latest
+            print(said)
+    args.profile = args.profile or REPRODUCE_PROFILE
     artefacts = select(args.table)
     overrides = assignments(args.overrides, "--set")
     data_options = assignments(args.data_option, "--data-option")
@@ -275,16 +292,17 @@ def _reproduce(args: argparse.Namespace, train: bool) -> int:
     sections, plans, out_dir = reproduce(
         artefacts, args.profile, args.store, args.out, args.dataset, overrides, data_options,
         args.seeds, args.device, options, train)
+    tables = [s for s in sections if s.view is not None]
+    print(f"report: {out_dir / 'report.html'} (and report.md beside it): {len(tables)} "
+          f"table(s), {sum(len(s.figures) for s in sections)} figure(s), profile "
+          f"{args.profile}; each table also as .md, .tex and .csv, each figure as .png, .pdf "
+          f"and its data as .csv in {out_dir}")
     for section in sections:
-        if section.view is not None:
-            print("\n" + to_markdown(section.view))
-        else:
-            print(f"\n{section.title}: " + (", ".join(str(p) for p in section.figures)
-                                             or "no figure") + "".join(
-                f"\n  - {n}" for n in section.notes))
+        shown = "table" if section.view is not None else \
+            ", ".join(p.name for p in section.figures) or "no figure"
+        print(f"  {section.title} ({shown})" + "".join(f"\n      {n}" for n in section.notes))
     for note in fallback_notes(plans):
         print(f"\nWARNING: {note}", file=sys.stderr)
-    print(f"\ntables, figures and report.html / report.md written to {out_dir}")
     return 0
 
 

@@ -26,7 +26,7 @@ COLUMNS: dict[str, str] = {
     "flops_batch_size": "INTEGER",
     "fvcore_flops_per_sample": "REAL", "fvcore_flops_batch": "REAL", "fvcore_skipped_ops": "TEXT",
     "ms_per_iter": "REAL", "ms_per_iter_median": "REAL", "s_per_epoch": "REAL",
-    "train_seconds": "REAL",
+    "train_seconds": "REAL", "cpu_share": "REAL", "load_avg": "REAL",
     "device": "TEXT", "device_name": "TEXT", "threads": "INTEGER", "omp_wait_policy": "TEXT",
     "torch_version": "TEXT", "python_version": "TEXT", "code_version": "TEXT",
 }

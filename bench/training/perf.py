@@ -67,6 +67,8 @@ class PerfResult:
     fraction_of_matmul_peak: float
     wait_policy: str = "default"
     busy: int = 0
+    #: CPU time the process got over the timed steps against its threads' wall time
+    cpu_share: float = 1.0
     official_ms_per_step_median: float | None = None
     speedup_vs_official: float | None = None
 
@@ -166,7 +168,10 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
         runs.append((reference, ref_optimizer, ref_stream, weight))
     try:
         with busy_processes(busy):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             times, *ref_times = _time_interleaved(runs, dev, steps, warmup)
+            share = ((time.process_time() - cpu0)
+                     / ((time.perf_counter() - wall0) * torch.get_num_threads()))
     finally:
         if ref_stream is not None:
             ref_stream.close()  # the loader's worker processes exit
@@ -184,7 +189,8 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
         samples_per_s=batch_size / mean, steps_per_epoch=steps_per_epoch,
         s_per_epoch=steps_per_epoch * mean, train_gflop_per_step=flops / 1e9,
         achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak,
-        wait_policy=wait_policy(), busy=busy, official_ms_per_step_median=official_median,
+        wait_policy=wait_policy(), busy=busy, cpu_share=share,
+        official_ms_per_step_median=official_median,
         speedup_vs_official=None if official_median is None else official_median / median)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import platform
 import time
 import traceback
@@ -55,7 +56,11 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu",
         seed_everything(cell.seed)
         train_hp, _ = registry.split_hparams(cell.hparams)
         model = registry.build_model(cell.model, data.spec, cell.hparams).to(dev)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         result = fit(model, data, seed=cell.seed, on_epoch=on_epoch, **train_hp)
+        row["cpu_share"] = ((time.process_time() - cpu0)
+                            / ((time.perf_counter() - wall0) * row["threads"]))
+        row["load_avg"] = os.getloadavg()[0]
         probe = data.batch(data.splits["val"][: train_hp.get("batch_size", 8)])
         flops = forward_flops(model, probe)
         macs, skipped = fvcore_macs(model, probe)
@@ -116,3 +121,19 @@ def excluded_note(data: RunData) -> dict[str, str]:
     return {"samples": f"eval=all: {data.excluded.get('val', 0)} validation and "
                        f"{data.excluded.get('test', 0)} test sample(s) observe none of "
                        f"{data.spec.letters} and are not scored"}
+
+
+#: Below this share of its threads' CPU time a run's timing was taken on a busy machine.
+CONTENDED_SHARE = 0.75
+
+
+def contention(row: Any) -> str:
+    """Why a run's timing does not show the machine's speed ("" when it does): the CPU time
+    the process got against its threads' wall time, with the load average, both stored."""
+    share = row.get("cpu_share") if hasattr(row, "get") else None
+    if share is None or share != share or share >= CONTENDED_SHARE:
+        return ""
+    load = row.get("load_avg")
+    return (f"timed on a busy machine: the run got {share:.0%} of its threads' CPU time"
+            + (f" (load average {load:.1f})" if load == load and load is not None else ""))
+
