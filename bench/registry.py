@@ -248,15 +248,29 @@ def check_model(name: str, spec: DataSpec, hparams: dict[str, Any]) -> None:
     anything trains, that its constructor accepts the settings — a refusal is a
     :class:`~bench.hparams.SettingError` — and that training it fits in the memory this
     machine has available."""
+    sized = _on_meta(name, spec, hparams)
+    if sized is not None:
+        _check_memory(name, sized)
+
+
+def parameter_count(name: str, spec: DataSpec, hparams: dict[str, Any]) -> int | None:
+    """Trainable parameters of model ``name`` with ``hparams``, counted on the meta device
+    (None where the model cannot be built there)."""
+    sized = _on_meta(name, spec, hparams)
+    if sized is None:
+        return None
+    return sum(p.numel() for p in sized.parameters() if p.requires_grad)
+
+
+def _on_meta(name: str, spec: DataSpec, hparams: dict[str, Any]) -> Any:
     try:
         with torch.device("meta"):
-            sized = model_class(name)(spec, **split_hparams(hparams)[1])
+            return model_class(name)(spec, **split_hparams(hparams)[1])
     except (ValueError, TypeError) as exc:
         raise SettingError(f"model {name!r} refuses its settings: {exc}") from exc
     except Exception:  # an operation the meta device lacks: the real build will tell
         logger.debug("model %r cannot be sized on the meta device", name, exc_info=True)
-        return
-    _check_memory(name, sized)
+        return None
 
 
 #: Bytes per parameter while training: float32 weights, gradients and Adam's two moments.

@@ -109,3 +109,26 @@ def test_hparams_added_must_hold_the_constructor_defaults(isolated):
 
     with pytest.raises(TypeError, match="hparams_added"):
         registry.register_model("late-test-only")(Late)
+
+
+def test_parameter_counts_on_the_meta_device_are_the_real_ones(adni):
+    from bench.training.complexity import count_params
+
+    spec = adni.spec("IGCB")
+    for name in ("flexmoe", "tf", "i2moe", "mult"):
+        hp = registry.resolve_hparams(name, spec, profile="quick")
+        assert registry.parameter_count(name, spec, hp) == count_params(
+            registry.build_model(name, spec, hp)), name
+
+
+def test_list_models_shows_a_profiles_settings_and_the_parameter_count(capsys):
+    from bench.cli.main import main
+
+    assert main(["list", "models", "--profile", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "settings of a paper-profile run and parameters on synthetic-adni IGCB" in out
+    flexmoe = out.split("\nflexmoe: ")[1].split("\nflexmoe-")[0]
+    assert "parameters; " in flexmoe and "epochs=50" in flexmoe
+    assert main(["list", "models"]) == 0  # the quick profile: run's default
+    quick = capsys.readouterr().out.split("\nflexmoe: ")[1].split("\nflexmoe-")[0]
+    assert "epochs=10" in quick and "epochs=50" not in quick

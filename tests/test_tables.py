@@ -209,3 +209,14 @@ def test_contention_reads_the_cpu_share_of_a_run():
     assert contention({"cpu_share": 0.95, "load_avg": 1.0}) == ""
     assert contention({"cpu_share": None}) == "" and contention({}) == ""
     assert "40%" in contention({"cpu_share": 0.4, "load_avg": 3.0})
+
+
+def test_a_note_over_several_combinations_counts_runs_not_seeds():
+    from bench.artefacts.views import _note
+
+    one_combo = pd.DataFrame({"combo": ["IG"] * 3, "status": ["ok", "ok", "failed"],
+                              "error": [None, None, "RuntimeError: boom"],
+                              "registered": [True] * 3})
+    assert _note(one_combo).startswith("2 of 3 seeds")
+    several = one_combo.assign(combo=["IG", "IGC", "IGCB"])
+    assert _note(several).startswith("2 of 3 runs")

@@ -60,7 +60,13 @@ def _note(group: pd.DataFrame) -> str:
         errors) else NOT_RUN
     if ok == 0:
         return reason
-    return "" if ok == len(group) else f"{ok} of {len(group)} seeds ({reason})"
+    return "" if ok == len(group) else f"{ok} of {len(group)} {_unit(group)} ({reason})"
+
+
+def _unit(group: pd.DataFrame) -> str:
+    """What a cell's runs are: its seeds, or — a cell over several combinations (a model's
+    line in a figure) — runs."""
+    return "seeds" if group["combo"].nunique() <= 1 else "runs"
 
 
 def summarise(frame: pd.DataFrame, by: list[str], column: str,
@@ -75,7 +81,8 @@ def summarise(frame: pd.DataFrame, by: list[str], column: str,
         one = int(predicts_one_class(group[group["status"] == "ok"]).sum())
         note = _note(group)
         if one:
-            flag = ONE_CLASS + (f" ({one} of {len(values)} seeds)" if len(values) > 1 else "")
+            flag = ONE_CLASS + (f" ({one} of {len(values)} {_unit(group)})"
+                                if len(values) > 1 else "")
             note = f"{note}; {flag}" if note else flag
         records.append({"mean": values.mean() if len(values) else np.nan,
                         "std": float(np.std(values, ddof=0)) if len(values) > 1 else np.nan,

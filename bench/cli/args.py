@@ -118,11 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "taken in first.")
 
     lst = sub.add_parser("list", parents=[common], help="list registered models or data sets",
-                         description="List registered models (with their default settings) or "
-                         "data sets (with their data cards).")
+                         description="List registered models (with the settings a run of the "
+                         "profile resolves to and their parameter count on the data set's full "
+                         "combination) or data sets (with their data cards).")
     lst.add_argument("what", choices=["models", "datasets"])
     lst.add_argument("--dataset", default="synthetic-adni",
-                     help="data set whose defaults 'list models' shows")
+                     help="data set whose settings and parameter counts 'list models' shows")
+    lst.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                     help="profile whose resolved settings 'list models' shows (default: "
+                     "quick, that of run's default)")
 
     perf = sub.add_parser("perf", parents=[common], help="measure training speed",
                           description="Train each model for a fixed number of steps at its "

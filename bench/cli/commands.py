@@ -175,13 +175,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     data = load_data(args.dataset)
     spec = data.spec(data.letters)
+    print(f"settings of a {args.profile}-profile run and parameters on {args.dataset} "
+          f"{data.letters}:")
     for name in registry.list_models():
         cls = registry.model_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        hp = registry.resolve_hparams(name, spec)
-        print(f"{name}: {doc}")
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        hp = registry.resolve_hparams(name, spec, profile=args.profile)
+        params = registry.parameter_count(name, spec, hp)
+        print(textwrap.fill(f"{name}: {doc}", 92, subsequent_indent="    "))
         print(textwrap.indent(textwrap.fill(
-            ", ".join(f"{k}={v}" for k, v in hp.items()), 88), "    "))
+            (f"{params:,} parameters; " if params is not None else "")
+            + ", ".join(f"{k}={v}" for k, v in hp.items()), 88), "    "))
     return 0
 
 
