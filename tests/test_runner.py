@@ -152,3 +152,17 @@ def test_progress_counts_epochs_and_names_the_current_run(tmp_path, capsys):
         run_grid(_grid(seeds=[0, 1]), store, progress=True)
     err = capsys.readouterr().err
     assert "epoch" in err and "run 2/2: tf IG seed 1" in err
+
+
+def test_a_grid_piped_to_a_file_logs_its_progress_at_a_steady_interval(tmp_path, monkeypatch,
+                                                                       caplog):
+    """Off a terminal the bar cannot redraw: its state is logged every LOG_EVERY seconds."""
+    from bench.execution import grid
+
+    monkeypatch.setattr(grid, "LOG_EVERY", 0.05)
+    monkeypatch.setattr(grid.sys.stderr, "isatty", lambda: False, raising=False)
+    with caplog.at_level("INFO", "bench.execution.grid"), \
+            ResultStore(tmp_path / "r.sqlite") as store:
+        run_grid(_grid(), store, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert len(lines) >= 2 and "run(s)" in lines[0] and "epoch" in lines[-1]

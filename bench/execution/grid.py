@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +39,26 @@ class GridRows(list):
         self.claimed = {}
         self.submitted = 0
         self.note = ""
+
+
+#: Seconds between the progress lines a grid logs when its output is not a terminal.
+LOG_EVERY = 60.0
+
+
+class _ProgressLog:
+    """Output piped to a file cannot show a bar that redraws, and the bar only moves once
+    per epoch (up to many minutes): log its state every ``every`` seconds instead."""
+
+    def __init__(self, bar: Any, every: float) -> None:
+        self.bar, self.every, self.stopped = bar, every, threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="progress-log").start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.every):
+            logger.info("progress: %s", self.bar)
+
+    def close(self) -> None:
+        self.stopped.set()
 
 
 class _Grid:
@@ -165,6 +187,8 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
             options, store, device, lambda key: grid.epoch_done(key)))
         grid = _Grid(todo, store, coordinator, progress, on_row)
         stack.callback(grid.bar.close)
+        if progress and not sys.stderr.isatty():
+            stack.callback(_ProgressLog(grid.bar, LOG_EVERY).close)
         pending = todo
         held: dict[str, tuple[RunConfig, Claim]] = {}
         while pending:

@@ -228,12 +228,12 @@ def _first_line(text: Any) -> str:
 
 
 def status_report(path: str | Path | None = None, now: float | None = None) -> str:
-    """Per grid (model × data set × profile): runs done, running (lease holder host:pid),
-    failed (first line of the error) and the training time spent (sum of ``train_seconds``
-    over done and failed runs). Pending runs are not known without the grid; only rows of
-    the current key version are counted (older ones are never matched again). Read-only,
-    except that receipts of finished runs waiting beside the store are taken in first
-    (:func:`take_in_receipts`)."""
+    """Per grid (model × data set × profile): runs done, running (lease holder host:pid, and
+    for how long), failed (first line of the error) and the training time spent (the
+    ``train_seconds`` of done and failed runs, and the time so far of those running).
+    Pending runs are not known without the grid; only rows of the current key version are
+    counted (older ones are never matched again). Read-only, except that receipts of
+    finished runs waiting beside the store are taken in first (:func:`take_in_receipts`)."""
     import pandas as pd
     from tabulate import tabulate
 
@@ -268,8 +268,9 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
         g = grid(c.model, c.dataset, c.profile)
         what = f"{c.combo} seed {c.seed}: {c.holder}"
         if c.expires > now and holder_alive(c):
-            g["running"].append(f"{what} (lease ends in {_duration(c.expires - now)} unless "
-                                "renewed)")
+            g["running"].append(f"{what} (for {_duration(now - c.claimed_at)}; lease ends in "
+                                f"{_duration(c.expires - now)} unless renewed)")
+            g["seconds"] += max(0.0, now - c.claimed_at)  # a run in progress counts too
         else:
             g["stale"].append(f"{what} (lease expired or process gone: the next run takes it "
                               "over)")
