@@ -150,3 +150,20 @@ def test_reproduce_trains_renders_and_resumes_from_the_store(tmp_path, capsys):
     assert main(["report", "--table", "3", *plain]) == 0
     assert "profile smoke: that of the latest finished runs" in capsys.readouterr().out
     assert "Table 3" in (out / "report.html").read_text()
+
+
+def test_the_cost_figures_tick_labels_do_not_overlap():
+    """Within one decade a log axis labels its minor ticks too, and they ran together."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    df = pd.DataFrame({"model": ["TF", "MulT", "Flex-MoE"] * 2, "combo": ["IG"] * 3 + ["IGCB"] * 3,
+                       "acc": [50.0, 52.0, 55.0, 51.0, 53.0, 58.0],
+                       "gflop": [0.21, 0.35, 0.52, 0.44, 0.61, 0.93],
+                       "params": [2.1e6, 3.4e6, 5.2e6, 2.2e6, 3.9e6, 6.8e6]})
+    fig = plots.accuracy_vs_cost(df)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels(which="both")
+                        if t.get_visible() and t.get_text()), key=lambda b: b.x0)
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]

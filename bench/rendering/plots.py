@@ -16,12 +16,15 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 WIDTH = 5.5  # inches: a NeurIPS text width
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
          "ytick.labelsize": 7, "legend.fontsize": 7, "axes.spines.top": False,
          "axes.spines.right": False, "pdf.fonttype": 42}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+#: With colour and marker, a third cue, so eleven lines stay apart in grey or to any eye.
+LINESTYLES = ("-", "--", ":", "-.")
 
 # fontTools logs every glyph subset at INFO level when matplotlib writes a PDF
 logging.getLogger("fontTools").setLevel(logging.WARNING)
@@ -159,7 +162,8 @@ def _model_lines(df: pd.DataFrame, x: str, ticks: list[int], xlabel: str) -> Fig
             part = df[df["model"] == model].sort_values(x)
             ax.errorbar(part[x] + (i - len(models) / 2) * 0.015, part["mean"],
                         yerr=part["std"], label=model, color=colours[model],
-                        marker=MARKERS[i % len(MARKERS)], markersize=4, capsize=2, linewidth=1)
+                        marker=MARKERS[i % len(MARKERS)], markersize=4, capsize=2, linewidth=1,
+                        linestyle=LINESTYLES[i % len(LINESTYLES)])
         ax.set_xticks(ticks)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
@@ -194,6 +198,7 @@ def accuracy_vs_cost(df: pd.DataFrame) -> Figure:
                            marker=MARKERS[j % len(MARKERS)], alpha=0.75, edgecolors="0.2",
                            linewidths=0.4)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide
             ax.set_xlabel(label)
             ax.grid(alpha=0.3)
         left.set_ylabel("test accuracy (%)")

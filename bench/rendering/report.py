@@ -28,7 +28,7 @@ tbody tr:last-child > * { border-bottom: 2px solid #333; }
 th, td { padding: .2em .6em; text-align: center; white-space: nowrap; }
 tbody th { text-align: left; font-weight: normal; }
 figcaption, .notes { color: #444; font-size: .92em; max-width: 80em; }
-figure { margin: 1em 0; } img { max-width: min(100%, 52em); height: auto; }
+figure { margin: 1em 0; } img { max-width: 100%; height: auto; }  /* natural size */
 nav li { display: inline; margin-right: 1em; }
 """
 
