@@ -113,3 +113,26 @@ def test_reproduce_dry_run_estimates_the_tables_runs_and_trains_nothing(tmp_path
     assert not (tmp_path / "reproduce").exists()
     with ResultStore(path) as store:
         assert len(store.load()) == len(table3.cells)
+
+
+def test_the_progress_bar_weighs_runs_by_their_stored_step_times(tmp_path):
+    """The ETA follows cost, not epochs: a run's epoch weighs its expected seconds, from the
+    store's earlier step times (a run without one: the median step of those with one)."""
+    from bench.execution.estimate import epoch_seconds
+    from bench.execution.grid import run_grid
+    from bench.identity.config import build_grid
+    from bench.results.store import ResultStore
+
+    small = {"scale": 0.1}
+    first = build_grid(["tf"], "synthetic-adni", ["IG"], [0], "smoke", data_options=small)
+    later = build_grid(["tf", "mag"], "synthetic-adni", ["IG"], [1], "smoke",
+                       data_options=small)
+    path = tmp_path / "runs.sqlite"
+    assert epoch_seconds(later, path, "cpu") is None  # nothing timed yet: epochs
+    with ResultStore(path) as store:
+        (row,) = run_grid(first, store, progress=False)
+    seconds = epoch_seconds(later, path, "cpu")
+    steps = -(-row["n_train"] // later[0].hparams["batch_size"])
+    assert seconds[later[0].key] == pytest.approx(row["ms_per_iter_median"] * steps / 1e3)
+    mag_steps = -(-row["n_train"] // later[1].hparams["batch_size"])
+    assert seconds[later[1].key] == pytest.approx(row["ms_per_iter_median"] * mag_steps / 1e3)

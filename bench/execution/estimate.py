@@ -112,6 +112,27 @@ def stored_step_ms(history: pd.DataFrame, cell: RunConfig, device: str) -> tuple
     return (statistics.median(values), len(values)) if values else (math.nan, 0)
 
 
+def epoch_seconds(cells: Sequence[RunConfig], store: Path,
+                  device: str) -> dict[str, float] | None:
+    """Run key → the seconds an epoch of it is expected to take, from the store's earlier
+    step times (:func:`stored_step_ms`) and its training split's number of batches; a run
+    with no earlier timing takes the median step of those with one. None when the store
+    times none of them: the progress bar then counts epochs."""
+    history = _history(store)
+    kind = device_type(device)
+    steps, ms = {}, {}
+    for cell in cells:
+        data = load_data(cell.dataset, cell.data_options, cell.split_seed).restrict(cell.combo)
+        steps[cell.key] = num_batches(int(data.splits["train"].numel()),
+                                      int(cell.hparams.get("batch_size", 1)))
+        ms[cell.key] = stored_step_ms(history, cell, kind)[0]
+    known = [v for v in ms.values() if not math.isnan(v)]
+    if not known:
+        return None
+    typical = statistics.median(known)
+    return {k: (typical if math.isnan(v) else v) * steps[k] / 1e3 for k, v in ms.items()}
+
+
 def estimate(cells: Sequence[RunConfig], store: Path | None = None, device: str = "auto",
              threads: int | None = None) -> Estimate:
     """The cost of the runs of ``cells`` that ``store`` does not hold yet, on ``device``,

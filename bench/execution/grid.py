@@ -17,6 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bench.execution import cluster, executors
+from bench.execution.estimate import epoch_seconds
 from bench.execution.options import Options
 from bench.identity.config import RunConfig
 from bench.results.backup import take_backup
@@ -63,27 +64,36 @@ class _ProgressLog:
 
 class _Grid:
     """One :func:`run_grid` call: claims each run, feeds the executor as it has room,
-    writes each row it gets back and keeps the progress bar (in epochs)."""
+    writes each row it gets back and keeps the progress bar (in expected seconds, or
+    epochs)."""
 
     def __init__(self, todo: list[RunConfig], store: ResultStore, coordinator: Coordinator,
-                 progress: bool, on_row: Callable[[dict[str, Any]], None] | None) -> None:
+                 progress: bool, on_row: Callable[[dict[str, Any]], None] | None,
+                 device: str = "cpu") -> None:
         self.todo, self.store, self.coordinator, self.on_row = todo, store, coordinator, on_row
         self.rows = GridRows()
-        # progress in epochs, so the ETA weighs a 50-epoch run as 50 of a 1-epoch one
         self.epochs = {c.key: int(c.hparams.get("epochs", 1)) for c in todo}
-        self.bar = tqdm(total=sum(self.epochs.values()), desc=f"{len(todo)} run(s)",
-                        unit="epoch", disable=not progress)
+        # progress in expected seconds where the store has timed such runs before, so the
+        # ETA weighs a FuseMoE epoch as the many TF epochs it costs; else in epochs
+        seconds = epoch_seconds(todo, store.path, device) if progress else None
+        self.cost = seconds or dict.fromkeys(self.epochs, 1.0)
+        self.bar = tqdm(total=sum(self.epochs[k] * self.cost[k] for k in self.epochs),
+                        desc=f"{len(todo)} run(s)", unit="epoch" if seconds is None else "s",
+                        disable=not progress,
+                        bar_format=None if seconds is None else
+                        "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} (expected "
+                        "seconds of training){postfix}")
         self.counted: dict[str, int] = {}
         self.told: set[str] = set()  # runs counted out of the bar: another coordinator's
         self.started = 0
 
     def tick_total(self, key: str, sign: int) -> None:  # runs left to others are not our work
-        self.bar.total += sign * self.epochs[key]
+        self.bar.total += sign * self.epochs[key] * self.cost[key]
         self.bar.refresh()
 
     def epoch_done(self, key: str) -> None:
         self.counted[key] = self.counted.get(key, 0) + 1
-        self.bar.update()
+        self.bar.update(self.cost[key])
 
     def claimed(self, pending: list[RunConfig],
                 held: dict[str, tuple[RunConfig, Claim]]) -> Iterator[RunConfig]:
@@ -114,7 +124,8 @@ class _Grid:
         self.rows.append(row)
         keep_row(self.store.path, row)  # until the backup after this grid holds it
         # the rest of a failed run
-        self.bar.update(self.epochs[row["key"]] - self.counted.get(row["key"], 0))
+        self.bar.update((self.epochs[row["key"]] - self.counted.get(row["key"], 0))
+                        * self.cost[row["key"]])
         self.bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed {row['seed']} "
                                  f"{row['status']}")
         if self.on_row:
@@ -185,7 +196,7 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
         # the executor first: one that cannot start (no sbatch, no Ray) fails before the bar
         pool = stack.enter_context(make_executor(
             options, store, device, lambda key: grid.epoch_done(key)))
-        grid = _Grid(todo, store, coordinator, progress, on_row)
+        grid = _Grid(todo, store, coordinator, progress, on_row, device)
         stack.callback(grid.bar.close)
         if progress and not sys.stderr.isatty():
             stack.callback(_ProgressLog(grid.bar, LOG_EVERY).close)
