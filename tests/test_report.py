@@ -107,16 +107,21 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
 @pytest.mark.parametrize("width", [1400, 1920])
 def test_a_wide_table_never_makes_the_page_scroll_sideways(tmp_path, width):
-    """Table 4's shape (six models × four quantities, reproduced and published panels),
-    measured in headless Chromium: the page is no wider than the window."""
+    """Table 4's shape (six models × four quantities, reproduced and published panels) and a
+    figure at its natural size, measured in headless Chromium: the page is no wider than
+    the window."""
     columns = [f"{m} {q}" for m in ("TF", "MulT", "MAG", "LIMoE", "FuseMoE", "Flex-MoE")
                for q in ("ms / iteration", "GFLOP", "parameters (M)", "ACC (%)")]
     mean = pd.DataFrame([[123.45] * len(columns)] * 3, columns=columns,
                         index=pd.Index(["IG", "IGC", "IGCB"], name="combo"))
     view = TableView("table4", "Table 4", "Cost on ADNI", "caption",
                      [Panel("Reproduced", mean), Panel("Reproduced and published", mean)])
-    html_path, _ = write_report([Section("table4", "Table 4", "caption", view)], tmp_path,
-                                "report title", [])
+    cost = pd.DataFrame({"model": ["TF", "Flex-MoE"], "combo": ["IG", "IG"], "acc": [50.0, 55.0],
+                         "gflop": [0.2, 0.9], "params": [2e6, 5e6]})
+    png = plots.save_figure(plots.accuracy_vs_cost(cost), tmp_path, "cost")[0]
+    html_path, _ = write_report([Section("table4", "Table 4", "caption", view),
+                                 Section("cost", "Accuracy vs cost", "caption", figures=[png])],
+                                tmp_path, "report title", [])
     probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text().replace(
         "</body>", "<script>console.log('WIDTHS ' + document.documentElement.scrollWidth + ' '"
