@@ -209,24 +209,19 @@ def test_context_lines_are_left_out_when_the_data_changed_since_the_runs(tmp_pat
 
 # -- 4. reference files --------------------------------------------------------------------
 
-def _reference(folder: Path, dataset: str = "synthetic-adni", runs: list | None = None,
-               environment: object = None) -> Path:
-    line = {"model": "tf", "combo": "IG", "seed": 0, "key": "k", "best_epoch": 1, "n_test": 9,
-            **{m: 0.5 for m in reference_files.METRICS},
-            **dict.fromkeys(reference_files.EXACT, 1)}
-    folder.mkdir(exist_ok=True)
-    path = folder / "synthetic-adni.json"
-    ref = reference_files.Reference(dataset, environment if environment is not None else {},
-                                    runs if runs is not None else [line])
-    path.write_text(ref.text())
-    return path
-
-
 def _line(**changes):
+    """One well-formed reference line, with ``changes``."""
     base = {"model": "tf", "combo": "IG", "seed": 0, "key": "k", "best_epoch": 1, "n_test": 9,
             **{m: 0.5 for m in reference_files.METRICS},
             **dict.fromkeys(reference_files.EXACT, 1)}
     return {**base, **changes}
+
+
+def _reference(folder: Path, dataset: str = "synthetic-adni", runs: list | None = None) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "synthetic-adni.json"
+    path.write_text(reference_files.Reference(dataset, {}, runs or [_line()]).text())
+    return path
 
 
 @pytest.mark.parametrize("make, says", [

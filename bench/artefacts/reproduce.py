@@ -97,7 +97,7 @@ def reproduce(artefacts: list[Artefact], profile: str, store_path: Path | None,
     render, and write the report; returns the sections, the plans and the output
     directory."""
     plans = plan(artefacts, profile, datasets, overrides, options, seeds)
-    path = Path(store_path) if store_path is not None else default_store_path()
+    path = default_store_path(store_path)
     if train:
         with ResultStore(path) as store:
             train_grid(plans, store, device, executor)

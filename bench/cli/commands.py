@@ -248,7 +248,7 @@ def _stored_profile(store: Path | None) -> tuple[str, str]:
     a line saying so; a store without any is refused, saying what to do."""
     from bench.results.store import default_store_path
 
-    path = Path(store) if store is not None else default_store_path()
+    path = default_store_path(store)
     if not path.is_file():
         raise UserError(f"no results store at {path}; train runs first (run_bench.py run, or "
                         "run_bench.py reproduce --table …), or pass --store PATH")
@@ -318,7 +318,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from bench.results.backup import backup_path, recover
     from bench.results.store import default_store_path
 
-    path = Path(args.store) if args.store is not None else default_store_path()
+    path = default_store_path(args.store)
     if not path.is_file():
         raise UserError(f"no results store at {path}; pass --store with the damaged store's path")
     if not backup_path(path).is_file():

@@ -11,7 +11,6 @@ import logging
 import sqlite3
 import sys
 import traceback
-from pathlib import Path
 
 from bench import registry
 from bench.cli.args import build_parser
@@ -61,8 +60,7 @@ def _fault(exc: BaseException, args: argparse.Namespace) -> str | None:
     store — saying what to do; None for any other error (a bug: its traceback is kept)."""
     from bench.results.store import default_store_path
 
-    store = getattr(args, "store", None)
-    path = Path(store) if store is not None else default_store_path()
+    path = default_store_path(getattr(args, "store", None))
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc):
         return (f"the disk is full ({exc}); runs already finished are stored — free some "
                 "space and run the same command to resume")
@@ -80,7 +78,7 @@ def _stored(args: argparse.Namespace) -> int | None:
         return None
     from bench.results.store import default_store_path
 
-    path = Path(args.store) if args.store else default_store_path()
+    path = default_store_path(args.store)
     if not path.is_file():
         return 0
     try:

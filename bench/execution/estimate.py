@@ -93,6 +93,20 @@ def _history(store: Path) -> pd.DataFrame:
     return df[df["status"] == "ok"]
 
 
+def _data_id(cell: RunConfig) -> tuple:
+    return (cell.dataset, json.dumps(cell.data_options, sort_keys=True), cell.split_seed,
+            cell.combo)
+
+
+def _n_train(cell: RunConfig, sizes: dict[tuple, int]) -> int:
+    """Training samples of ``cell``'s data and combination, loaded once per ``sizes``."""
+    key = _data_id(cell)
+    if key not in sizes:
+        data = load_data(cell.dataset, cell.data_options, cell.split_seed)
+        sizes[key] = int(data.restrict(cell.combo).splits["train"].numel())
+    return sizes[key]
+
+
 def stored_step_ms(history: pd.DataFrame, cell: RunConfig, device: str) -> tuple[float, int]:
     """Median ms per step of the matching earlier runs (see the module doc) and how many
     there were; (nan, 0) when none."""
@@ -120,11 +134,10 @@ def epoch_seconds(cells: Sequence[RunConfig], store: Path,
     times none of them: the progress bar then counts epochs."""
     history = _history(store)
     kind = device_type(device)
+    sizes: dict[tuple, int] = {}
     steps, ms = {}, {}
     for cell in cells:
-        data = load_data(cell.dataset, cell.data_options, cell.split_seed).restrict(cell.combo)
-        steps[cell.key] = num_batches(int(data.splits["train"].numel()),
-                                      int(cell.hparams.get("batch_size", 1)))
+        steps[cell.key] = num_batches(_n_train(cell, sizes), int(cell.hparams["batch_size"]))
         ms[cell.key] = stored_step_ms(history, cell, kind)[0]
     known = [v for v in ms.values() if not math.isnan(v)]
     if not known:
@@ -149,7 +162,7 @@ def estimate(cells: Sequence[RunConfig], store: Path | None = None, device: str 
 def _estimate(cells: Sequence[RunConfig], store: Path | None, device: str) -> Estimate:
     from bench.training.perf import probe_step_ms  # perf imports the runner's training stack
 
-    path = Path(store) if store is not None else default_store_path()
+    path = default_store_path(store)
     history = _history(path)
     done = set(history["key"]) if not history.empty else set()
     unique = list({c.key: c for c in cells}.values())
@@ -165,12 +178,8 @@ def _estimate(cells: Sequence[RunConfig], store: Path | None, device: str) -> Es
     n_train: dict[tuple, int] = {}
     step_ms: dict[tuple, tuple[float, str]] = {}
     for cell in todo:
-        data_id = (cell.dataset, json.dumps(cell.data_options, sort_keys=True),
-                   cell.split_seed, cell.combo)
-        if data_id not in n_train:
-            data = load_data(cell.dataset, cell.data_options, cell.split_seed)
-            n_train[data_id] = int(data.restrict(cell.combo).splits["train"].numel())
-        key = (*data_id, cell.model, _shape(cell.hparams))
+        train = _n_train(cell, n_train)
+        key = (*_data_id(cell), cell.model, _shape(cell.hparams))
         if key not in step_ms:
             ms, n = stored_step_ms(history, cell, kind)
             source = f"store ({n} run{'s' if n > 1 else ''})" if n else "probe"
@@ -188,8 +197,7 @@ def _estimate(cells: Sequence[RunConfig], store: Path | None, device: str) -> Es
             step_ms[key] = (ms, source)
         ms, source = step_ms[key]
         m = models.setdefault(cell.model, ModelCost(cell.model))
-        steps = int(cell.hparams["epochs"]) * num_batches(n_train[data_id],
-                                                          int(cell.hparams["batch_size"]))
+        steps = int(cell.hparams["epochs"]) * num_batches(train, int(cell.hparams["batch_size"]))
         m.runs += 1
         m.steps.append(steps)
         label = source.split(" (")[0]

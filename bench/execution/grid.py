@@ -76,7 +76,7 @@ class _Grid:
         # progress in expected seconds where the store has timed such runs before, so the
         # ETA weighs a FuseMoE epoch as the many TF epochs it costs; else in epochs
         seconds = epoch_seconds(todo, store.path, device) if progress else None
-        self.cost = seconds or dict.fromkeys(self.epochs, 1.0)
+        self.cost: dict[str, float] = seconds or dict.fromkeys(self.epochs, 1)  # whole epochs
         self.bar = tqdm(total=sum(self.epochs[k] * self.cost[k] for k in self.epochs),
                         desc=f"{len(todo)} run(s)", unit="epoch" if seconds is None else "s",
                         disable=not progress,

@@ -75,9 +75,9 @@ class Claim:
         return f"{self.host}:{self.pid}" if self.pid else self.host
 
 
-def default_store_path() -> Path:
-    """``$FLEXMOE_BENCH_STORE`` or ``bench-results/runs.sqlite`` under the working directory."""
-    return Path(os.environ.get("FLEXMOE_BENCH_STORE", DEFAULT_STORE))
+def default_store_path(path: str | Path | None = None) -> Path:
+    """``path``, else ``$FLEXMOE_BENCH_STORE``, else ``bench-results/runs.sqlite`` here."""
+    return Path(path if path is not None else os.getenv("FLEXMOE_BENCH_STORE", DEFAULT_STORE))
 
 
 class ResultStore:
@@ -89,7 +89,7 @@ class ResultStore:
     _conn: sqlite3.Connection  # set by the _open_* methods
 
     def __init__(self, path: str | Path | None = None, readonly: bool = False) -> None:
-        self.path = Path(path) if path is not None else default_store_path()
+        self.path = default_store_path(path)
         self.readonly = readonly
         if self.path.exists() and not self.path.is_file():
             raise StoreError(f"results store {self.path} is not a file; pass --store with the "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import platform
 import time
@@ -130,10 +131,14 @@ CONTENDED_SHARE = 0.75
 def contention(row: Any) -> str:
     """Why a run's timing does not show the machine's speed ("" when it does): the CPU time
     the process got against its threads' wall time, with the load average, both stored."""
-    share = row.get("cpu_share") if hasattr(row, "get") else None
-    if share is None or share != share or share >= CONTENDED_SHARE:
+    share, load = row.get("cpu_share"), row.get("load_avg")
+    if not _number(share) or share >= CONTENDED_SHARE:
         return ""
-    load = row.get("load_avg")
     return (f"timed on a busy machine: the run got {share:.0%} of its threads' CPU time"
-            + (f" (load average {load:.1f})" if load == load and load is not None else ""))
+            + (f" (load average {load:.1f})" if _number(load) else ""))
+
+
+def _number(value: Any) -> bool:
+    """A stored number (not None, not NaN: a row of a store from before the column)."""
+    return isinstance(value, (int, float)) and not math.isnan(value)
 
