@@ -24,6 +24,7 @@ import torch
 from bench.data.core import DataSpec
 from bench.errors import UserError
 from bench.hparams import TRAIN_TYPES, SettingError, check_value, signature_types
+from bench.machine import available_memory
 from bench.profiles import get_profile
 
 logger = logging.getLogger(__name__)
@@ -282,24 +283,13 @@ def _check_memory(name: str, model: Any) -> None:
     MemAvailable; elsewhere unchecked), before a single byte of it is allocated."""
     n = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
     need = n * TRAINING_BYTES_PER_PARAM
-    free = _available_memory()
+    free = available_memory()
     if free is not None and need > free:
         raise SettingError(
             f"model {name!r} with these settings has {n:,} parameters: training it needs "
             f"about {need / 2**30:.1f} GiB (weights, gradients, Adam state) and this machine "
             f"has {free / 2**30:.1f} GiB available; lower the size settings (--set hidden=…, "
             "num_experts=…, num_layers=…)")
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def create_model(name: str, spec: DataSpec, **overrides: Any):

@@ -17,7 +17,7 @@ PACKAGES = ("bench", "baselines", "flexmoe")
 #: only from its own layer or those below. The documentation's architecture page explains them.
 LAYERS = (
     ("foundation", ("bench", "bench.resources", "bench.version", "bench.errors", "bench.threads",
-                    "bench.hparams")),
+                    "bench.machine", "bench.hparams")),
     ("data interface", ("bench.data.arrays", "bench.data.core", "bench.data.splits",
                         "bench.data.digest")),
     ("plug-in surface", ("bench.profiles", "bench.registry", "bench.model", "bench.blocks")),

@@ -83,9 +83,10 @@ def test_plugin_file_adds_a_model_to_the_grid(tmp_path, capsys):
 def test_killed_grid_resumes_without_loss(tmp_path):
     store = tmp_path / "r.sqlite"
     env = {**os.environ, "FMB_DIE_FLAG": str(tmp_path / "died"), "PYTHONPATH": str(ROOT)}
+    # in this process (--jobs 1), so the run that dies takes the whole grid with it
     cmd = [sys.executable, str(ROOT / "run_bench.py"), "run", "--plugin", "tests.plugin_dying",
            "--models", "tf,dies-once", "--combos", "IG", "--seeds", "0,1", "--store",
-           str(store), *QUICK]
+           str(store), "--jobs", "1", *QUICK]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 3, first.stderr
     kept = load_results(store)

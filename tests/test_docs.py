@@ -60,3 +60,36 @@ def test_the_api_pages_cover_every_public_module():
     missing = sorted(modules - shown - left_out)
     assert not missing, f"modules on no page of docs/api/: {missing}"
     assert not shown - modules, f"docs/api/ names modules that do not exist: {shown - modules}"
+
+
+def _record_outputs():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import record_outputs
+    finally:
+        sys.path.pop(0)
+    return record_outputs
+
+
+def test_the_quick_starts_output_is_marked_for_regeneration():
+    """The README and the measurements page show what `python run_bench.py run` printed,
+    marked so that tools/record_outputs.py re-records both from one run."""
+    shown = _record_outputs().marked([ROOT / "README.md", ROOT / "docs"])
+    where = {(s.path.relative_to(ROOT).as_posix(), s.command) for s in shown}
+    assert {("README.md", "python run_bench.py run"),
+            ("docs/measurements.md", "python run_bench.py run")} <= where
+    quick = {s.output for s in shown if s.command == "python run_bench.py run"}
+    assert len(quick) == 1 and "run(s) written to bench-results/runs.sqlite" in quick.pop()
+
+
+def test_record_outputs_writes_what_a_command_prints_and_check_finds_a_drift(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Before.\n\n<!-- output of: python run_bench.py list datasets -->\n```\n"
+                    "stale\n```\n<!-- end of output -->\n\nAfter.\n")
+    tool = _record_outputs()
+    assert tool.main([str(page), "--check"]) == 1 and "stale" in page.read_text()
+    assert tool.main([str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("Before.\n") and text.endswith("<!-- end of output -->\n\nAfter.\n")
+    assert "synthetic-adni" in text and "stale" not in text
+    assert tool.main([str(page), "--check"]) == 0

@@ -5,7 +5,6 @@ extra or a bad option is one clear error before anything is stored."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -18,13 +17,13 @@ import torch
 
 from bench.cli.main import main
 from bench.execution.grid import run_grid
-from bench.execution.options import parse_options, slurm_minutes
+from bench.execution.options import DEFAULT_THREADS, parse_options, slurm_minutes
 from bench.identity.config import build_grid
 from bench.results.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Torch threads per worker: a pool of 2 gives each this many, so every executor uses it.
-THREADS = max(1, (os.cpu_count() or 1) // 2)
+#: Torch threads of a run, in this process, a pool worker, a SLURM or a Ray task alike.
+THREADS = DEFAULT_THREADS
 SAME = ("test_acc", "test_f1", "test_auc", "val_acc", "val_acc_curve", "best_epoch", "params")
 GRID = ["--models", "tf", "--dataset", "synthetic-adni", "--combos", "IG,IGCB", "--seeds", "0",
         "--set", "epochs=1", "--data-option", "scale=0.05"]
@@ -43,15 +42,13 @@ def importable(monkeypatch):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, dict]:
-    """The grid trained in this process at the workers' thread count."""
+    """The grid trained in this process (at the default thread count, as every executor)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        with ResultStore(tmp_path_factory.mktemp("local") / "r.sqlite") as store:
-            rows = run_grid(_cells(), store, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    with ResultStore(tmp_path_factory.mktemp("local") / "r.sqlite") as store:
+        rows = run_grid(_cells(), store, progress=False)
+    assert torch.get_num_threads() == threads  # this process's own setting is restored
     assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["threads"] for r in rows] == [THREADS, THREADS]
     return {r["key"]: r for r in rows}
 
 
@@ -167,8 +164,13 @@ def test_a_missing_extra_is_one_clear_error(module, kind, monkeypatch, tmp_path,
      "--slurm-extra does not take partition: use --slurm-partition"),
     (["--executor", "slurm", "--slurm-cpus-per-task", "0"],
      "--slurm-cpus-per-task must be at least 1, got 0"),
-    (["--slurm-partition", "gpu"], "--slurm-partition needs --executor slurm (got --executor "
-                                   "local)"),
+    (["--slurm-partition", "gpu"], "--slurm-partition needs --executor slurm\n"),
+    (["--executor", "local", "--slurm-partition", "gpu"],
+     "--slurm-partition needs --executor slurm (got --executor local)"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--executor", "ray", "--threads", "2"], "--threads sets the threads of a run on this "
+                                              "machine; a ray task runs one thread per CPU"),
+    (["--executor", "local", "--jobs", "2"], "--jobs sizes the local process pool"),
     (["--executor", "ray", "--slurm-time", "10"], "--slurm-time needs --executor slurm"),
     (["--executor", "slurm", "--jobs", "2"], "--jobs sizes the local process pool"),
     (["--jobs", "2", "--detach"], "--detach needs --executor slurm or ray"),

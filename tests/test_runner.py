@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from bench.errors import UserError
+from bench.execution.executors import ProcessExecutor
 from bench.execution.grid import run_grid
+from bench.execution.options import parse_options
 from bench.hparams import SettingError
 from bench.identity.config import build_grid
 from bench.results.store import ResultStore
@@ -17,8 +18,8 @@ from flexmoe.model import FlexMoE
 
 SMALL = {"scale": 0.2}
 FAST = {"epochs": 2}
-TIMING = ("ms_per_iter", "ms_per_iter_median", "s_per_epoch", "train_seconds", "created_at",
-          "threads", "cpu_share", "load_avg")
+TIMING = ("ms_per_iter", "ms_per_iter_median", "ms_per_iter_epochs", "s_per_epoch",
+          "train_seconds", "created_at", "threads", "cpu_share", "load_avg")
 
 
 def _grid(**kw):
@@ -77,18 +78,19 @@ def test_grid_resumes_and_records_failures(tmp_path, monkeypatch):
 
 
 def test_process_pool_gives_the_same_rows(tmp_path):
-    """Rows agree for the same thread count (each pool worker of 2 on 2 cores uses 1)."""
-    cells = _grid(seeds=[0, 1])
-    threads = torch.get_num_threads()
+    """Rows agree for the same thread count: one per run, in this process and in a pool;
+    the pool's workers report each epoch for the progress bar."""
+    cells = _grid(seeds=[0, 1], overrides={"epochs": 2})
     with ResultStore(tmp_path / "a.sqlite") as a, ResultStore(tmp_path / "b.sqlite") as b:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
-        try:
-            serial = {r["key"]: r for r in run_grid(cells, a, progress=False)}
-        finally:
-            torch.set_num_threads(threads)
+        serial = {r["key"]: r for r in run_grid(cells, a, progress=False)}
         expected = (os.environ.get("OMP_WAIT_POLICY") or "PASSIVE").upper()
-        pooled = {r["key"]: r for r in run_grid(cells, b, jobs=2, progress=False)}
-        assert not list(b.receipts_dir.glob("*.json"))
+        ticks: list[str] = []
+        with ProcessExecutor(b, "cpu", jobs=2, threads=1, on_epoch=ticks.append) as pool:
+            pool.submit([(cell, None) for cell in cells])
+            pooled = {row["key"]: row for _ in cells for _, row in pool.wait()}
+        # every epoch is heard of by the time its run's row is back
+        assert sorted(ticks) == sorted(c.key for c in cells for _ in range(2))
+    assert {r["threads"] for r in [*serial.values(), *pooled.values()]} == {1}
     # one-thread workers sleep when they wait (unless a policy was set before)
     assert {r["omp_wait_policy"] for r in pooled.values()} == {expected}
     # how busy the machine was while each run timed itself
@@ -122,8 +124,6 @@ def test_a_pool_found_broken_at_submit_restarts_and_runs_the_batch(tmp_path):
     the executor starts a fresh one and runs those cells (one at a time) instead of raising."""
     from concurrent.futures.process import BrokenProcessPool
 
-    from bench.execution.executors import ProcessExecutor
-
     class Broken:
         def submit(self, *args, **kwargs):
             raise BrokenProcessPool("a child process terminated abruptly")
@@ -143,11 +143,36 @@ def test_a_pool_found_broken_at_submit_restarts_and_runs_the_batch(tmp_path):
     assert all(r["status"] == "ok" for r in rows)
 
 
+def test_the_default_executor_trains_one_thread_runs_one_per_usable_core(monkeypatch):
+    """No --executor, --jobs or --threads: on the CPU a pool of one-thread runs, one per
+    usable core and no more than the runs or the memory holds (one run: this process); on
+    a GPU this process. An explicit choice stays as given."""
+    from bench import machine
+
+    monkeypatch.setattr(machine, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(machine, "available_memory", lambda: 64 * 2**30)
+    auto = parse_options()
+    assert (auto.kind, auto.threads) == ("auto", 1)
+    plans = {(runs, dev): (o.kind, o.jobs, o.threads) for runs in (1, 3, 40)
+             for dev in ("cpu", "cuda") for o in [auto.for_grid(runs, dev)]}
+    assert plans == {(1, "cpu"): ("local", 1, 1), (3, "cpu"): ("process", 3, 1),
+                     (40, "cpu"): ("process", 8, 1), (1, "cuda"): ("local", 1, 1),
+                     (3, "cuda"): ("local", 1, 1), (40, "cuda"): ("local", 1, 1)}
+    assert parse_options(threads=2).for_grid(40, "cpu").jobs == 4
+    monkeypatch.setattr(machine, "available_memory", lambda: 3 * machine.WORKER_BYTES + 1)
+    assert auto.for_grid(40, "cpu").jobs == 3
+    assert parse_options("process").for_grid(40, "cpu").jobs == 3
+    assert parse_options(jobs=1).for_grid(40, "cpu").kind == "local"
+    assert parse_options(jobs=5).for_grid(40, "cpu").jobs == 5
+
+
 def test_progress_counts_epochs_and_names_the_current_run(tmp_path, capsys):
     cells = _grid(overrides={"epochs": 3})
     seen = []
     row = execute(cells[0], on_epoch=seen.append)
     assert row["status"] == "ok" and seen == [0, 1, 2]
+    # each epoch's median step time is stored: a step that slows over a run shows
+    assert len(row["ms_per_iter_epochs"]) == 3 and min(row["ms_per_iter_epochs"]) > 0
     with ResultStore(tmp_path / "r.sqlite") as store:
         run_grid(_grid(seeds=[0, 1]), store, progress=True)
     err = capsys.readouterr().err

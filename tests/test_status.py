@@ -10,7 +10,8 @@ import time
 
 from bench.cli.main import main
 from bench.identity.config import KEY_VERSION
-from bench.results.store import Claim, ResultStore
+from bench.results.schema import Claim
+from bench.results.store import ResultStore
 
 
 def _row(key, model="tf", combo="IG", seed=0, status="ok", seconds=30.0, **extra):
@@ -48,10 +49,12 @@ def test_status_shows_done_running_failed_and_time_per_grid(tmp_path, capsys):
         for line in out.splitlines() if line.startswith("| ") and "model" not in line}
     # time spent: the stored runs' training time plus the minute each running run has run
     # (a second or two more on a slow machine)
+    epochs = {grid: cells.pop() for grid, cells in table.items()}
     spent = {grid: cells.pop() for grid, cells in table.items()}
-    assert table == {("flexmoe", "synthetic-adni", "quick"): ["1", "1", "0"],
-                     ("mag", "synthetic-adni", "quick"): ["0", "0", "1"],
-                     ("tf", "synthetic-adni", "quick"): ["2", "1", "1"]}
+    assert table == {("flexmoe", "synthetic-adni", "quick"): ["1", "1", "0", "0"],
+                     ("mag", "synthetic-adni", "quick"): ["0", "0", "0", "1"],
+                     ("tf", "synthetic-adni", "quick"): ["2", "1", "0", "1"]}
+    assert set(epochs.values()) == {""}  # no run stored its per-epoch step times
     assert spent[("flexmoe", "synthetic-adni", "quick")].startswith("0:02:0")
     assert spent[("mag", "synthetic-adni", "quick")] == "0:00:00"
     assert spent[("tf", "synthetic-adni", "quick")][:6] in ("1:02:4", "1:02:5")
@@ -62,6 +65,38 @@ def test_status_shows_done_running_failed_and_time_per_grid(tmp_path, capsys):
     assert "details" not in out and "IG seed 0: node7:4242" not in out  # a's row is written
     assert "  failed   IG seed 0: (no error recorded)" in out
     assert "(1 row(s) of an older key version not counted)" in out
+
+
+def test_status_lists_a_live_grids_queued_runs_and_the_epochs_step_times(tmp_path, capsys):
+    """A coordinator records its grid when it starts: `status` counts the runs it has yet to
+    start (not another's, nor those done or running), and they go when it exits; the done
+    runs' first and last epochs' step times show a step that slows over a run."""
+    from types import SimpleNamespace
+
+    from bench.results.claims import Coordinator
+
+    path = tmp_path / "r.sqlite"
+    cells = [SimpleNamespace(key=f"k{i}", model="flexmoe", dataset="synthetic-adni",
+                             combo="IGCB", seed=i, profile="quick") for i in range(5)]
+    with ResultStore(path) as store:
+        store.write(_row("k0", model="flexmoe", combo="IGCB", ms_per_iter_epochs=[15.0, 17.0]))
+        store.write(_row("x", model="flexmoe", combo="IGCB", seed=9,
+                         ms_per_iter_epochs=[16.0, 20.0, 19.0]))
+        with Coordinator(store) as ours, Coordinator(store) as theirs:
+            ours.enqueue(cells[1:])
+            assert ours.claim(cells[1])[0] == "claimed"
+            assert theirs.claim(cells[2])[0] == "claimed"  # a queued run binds nobody
+            assert main(["status", "--store", str(path)]) == 0
+            out = capsys.readouterr().out
+            row = next(line for line in out.splitlines() if line.startswith("| flexmoe"))
+            assert [c.strip() for c in row.strip("|").split("|")] [3:6] == ["2", "2", "2"]
+            assert row.rstrip(" |").endswith("15.5 → 18.0")
+            assert f"  queued   2 run(s) by {ours.host}:{ours.pid}" in out
+        assert main(["status", "--store", str(path)]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("| flexmoe"))
+        assert [c.strip() for c in row.strip("|").split("|")][3:6] == ["2", "0", "0"]
+        assert store.claims() == []
 
 
 def test_status_of_an_empty_an_older_and_a_missing_store(tmp_path, capsys):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.execution.options import DEFAULT_THREADS
 from bench.execution.options import add_arguments as add_executor_arguments
 from bench.profiles import PROFILES
 from bench.rendering.tables import METRICS as TABLE_METRICS
@@ -142,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also time the released code's design (per-sample DataLoader with "
                       "worker processes, MoE per modality, FastMoE's fused expert step) on the "
                       "same weights; Flex-MoE models only")
-    perf.add_argument("--threads", type=int, default=None,
-                      help="torch CPU threads (default: torch's choice)")
+    perf.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                      help=f"torch CPU threads (default {DEFAULT_THREADS}, as a run has unless "
+                      "run --threads says otherwise)")
     perf.add_argument("--busy", type=int, default=0, metavar="K",
                       help="time with K processes spinning on the CPU beside the steps: a "
                       "reproducible load, to see a step as it runs on a shared machine "

@@ -202,9 +202,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     for option, value in (("--warmup", args.warmup), ("--busy", args.busy)):
         if value < 0:
             raise UserError(f"{option} must be 0 or more, got {value}")
-    if args.threads is not None:
-        positive("--threads", args.threads)
-        torch.set_num_threads(args.threads)
+    positive("--threads", args.threads)
+    torch.set_num_threads(args.threads)
     results = [benchmark(m, args.dataset, args.combo, args.steps, args.warmup, args.device,
                          assignments(args.overrides, "--set"),
                          assignments(args.data_option, "--data-option"),

@@ -15,8 +15,8 @@ Time per step, for each model × combination, in this order:
   the runs' own are what they are.
 * **probe**: otherwise a few timed training steps here (:func:`bench.training.perf.probe_step_ms`,
   :data:`PROBE_STEPS` after :data:`PROBE_WARMUP`) at the thread count one run gets from
-  the executor (a pool worker: cores ÷ jobs; a SLURM or Ray task: its CPUs; in-process:
-  torch's setting). On a machine other processes keep busy, more threads than free cores
+  the executor (here: ``--threads``, default 1; a SLURM or Ray task: its CPUs). On a
+  machine other processes keep busy, more threads than free cores
   make a probe (and a run) many times slower.
 
 Only training steps are counted: validation passes, start-up and queueing are not.

@@ -3,8 +3,10 @@
 An :class:`Executor` takes claimed cells (``submit``) and hands back each finished run's
 row (``wait``); :func:`bench.execution.grid.run_grid` claims, writes rows and keeps progress.
 
-* ``local``: in this process, one run at a time (the default).
-* ``process``: a pool of ``--jobs N`` spawned worker processes on this machine; they exit
+* ``local``: in this process, one run at a time (the default on a GPU, or for one run).
+* ``process``: a pool of ``--jobs N`` spawned worker processes on this machine (the default on
+  the CPU: one-thread runs, one per usable core); each reports its epochs back for the
+  progress bar, and they exit
   when the coordinator dies, even by ``kill -9``. A worker that dies (killed, out of memory)
   takes the pool down with every run in flight: those runs go again one at a time in a new
   pool, so the run that kills its worker alone is stored as failed and the others finish.
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 #: How often a pool worker checks that its coordinator is still its parent.
 PARENT_POLL_SECONDS = 1.0
+#: How often the coordinator of a pool takes in its workers' finished epochs while it waits.
+PROGRESS_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1
 #: Cells to start, each with the claim token it was handed (None: the coordinator's claim).
 Batch = list[tuple[RunConfig, str | None]]
@@ -80,12 +84,23 @@ class Task:
     token: str | None = None
 
 
+#: A pool worker's channel for its finished epochs (set by :func:`_start_worker`).
+_progress: Any = None
+
+
+def _epoch_done(key: str) -> Callable[[int], None] | None:
+    """Per-epoch callback of a pool worker's run: its key to the coordinator's progress."""
+    if _progress is None:
+        return None
+    return lambda _: _progress.put(key)
+
+
 def run_task(task: Task) -> dict[str, Any] | None:
     """Train one run in a worker and leave its receipt; with a ``token``, first claim the run
     under it (renewed while training); None when the run was done or held by another."""
     torch.set_num_threads(task.threads)
     if task.token is None:
-        row = execute(task.cell, task.device)
+        row = execute(task.cell, task.device, _epoch_done(task.cell.key))
         write_receipt(Path(task.receipts), row)
         return row
     with ResultStore(task.store) as store, \
@@ -100,8 +115,15 @@ def run_task(task: Task) -> dict[str, Any] | None:
     return row
 
 
+def _start_worker(parent: int, progress: Any) -> None:
+    """Pool initializer: report epochs on ``progress``, and exit with the coordinator."""
+    global _progress
+    _progress = progress
+    _exit_with_parent(parent)
+
+
 def _exit_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker when its coordinator dies (``kill -9`` included),
+    """End this worker when its coordinator dies (``kill -9`` included),
     so no orphan goes on training. Linux: the kernel sends SIGKILL (``PR_SET_PDEATHSIG``);
     every POSIX system: a daemon thread polls ``os.getppid()`` (it changes when the parent
     dies) every :data:`PARENT_POLL_SECONDS`. What a worker finished is in its receipt."""
@@ -173,14 +195,15 @@ class Executor(ABC):
 
 
 class LocalExecutor(Executor):
-    """In this process, one run at a time, with per-epoch progress."""
+    """In this process, one run at a time with ``threads`` torch threads (this process's
+    own setting is restored after each), with per-epoch progress."""
 
     name = "local"
 
     def __init__(self, store: ResultStore, device: str,
-                 on_epoch: Callable[[str], None] | None = None) -> None:
+                 on_epoch: Callable[[str], None] | None = None, threads: int = 1) -> None:
         super().__init__(store, device)
-        self.on_epoch = on_epoch
+        self.on_epoch, self.threads = on_epoch, threads
         self._queue: list[RunConfig] = []
 
     def room(self) -> int:
@@ -198,12 +221,17 @@ class LocalExecutor(Executor):
     def wait(self) -> Finished:
         cell = self._queue.pop(0)
         tick = None if self.on_epoch is None else (lambda _: self.on_epoch(cell.key))
-        return [(cell, execute(cell, self.device, tick))]
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return [(cell, execute(cell, self.device, tick))]
+        finally:
+            torch.set_num_threads(before)
 
 
 class ProcessExecutor(Executor):
-    """A pool of ``jobs`` spawned worker processes, each with ``threads`` torch threads
-    (cores ÷ jobs: :meth:`bench.execution.options.Options.run_threads`).
+    """A pool of ``jobs`` spawned worker processes, each with ``threads`` torch threads;
+    ``on_epoch(key)`` hears of each epoch a worker finishes (taken in while waiting).
 
     When a worker dies the pool breaks and every run in flight with it, with no way to tell
     which one killed it: they become *suspects*, rerun one at a time in a fresh pool (nothing
@@ -212,19 +240,36 @@ class ProcessExecutor(Executor):
 
     name = "process"
 
-    def __init__(self, store: ResultStore, device: str, jobs: int, threads: int) -> None:
+    def __init__(self, store: ResultStore, device: str, jobs: int, threads: int,
+                 on_epoch: Callable[[str], None] | None = None) -> None:
         super().__init__(store, device)
-        self.jobs, self.threads = jobs, threads
+        self.jobs, self.threads, self.on_epoch = jobs, threads, on_epoch
+        self._context = get_context("spawn")
+        self._progress: Any = None
         self._pool = self._new_pool()
         self._running: dict[Future, tuple[RunConfig, str | None]] = {}
         self._suspects: Batch = []
         self._alone = False  # the runs in flight are one suspect, run alone
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        """A pool and its progress pipe: written as each epoch ends (no feeder thread), so a
+        run's epochs are all in it before its row comes back; new with each pool, so a
+        worker that died writing leaves no lock held."""
         if self.threads == 1:  # one thread each: sleeping costs nothing idle, holds under load
             passive_workers()
-        return ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
-                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+        if self.on_epoch is not None:
+            self._take_progress()
+            self._progress = self._context.SimpleQueue()
+        return ProcessPoolExecutor(self.jobs, mp_context=self._context,
+                                   initializer=_start_worker,
+                                   initargs=(os.getpid(), self._progress))
+
+    def _take_progress(self) -> None:
+        """Pass on the epochs the workers have reported so far."""
+        if self._progress is None:
+            return
+        while not self._progress.empty():
+            self.on_epoch(self._progress.get())
 
     def room(self) -> int:
         return 0 if self._isolating() else self.jobs - len(self._running)
@@ -251,7 +296,10 @@ class ProcessExecutor(Executor):
         while not out:
             if not self._running:
                 self.submit([self._suspects.pop(0)], alone=True)
-            finished, _ = wait(self._running, return_when=FIRST_COMPLETED)
+            finished: set[Future] = set()
+            while not finished:
+                finished, _ = wait(self._running, PROGRESS_POLL_SECONDS, FIRST_COMPLETED)
+                self._take_progress()
             broken = False
             for fut in finished:
                 cell, token = self._running.pop(fut)
@@ -289,6 +337,8 @@ class ProcessExecutor(Executor):
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         self._pool.shutdown(cancel_futures=True)
+        if self._progress is not None:
+            self._progress.close()
 
 
 def _finished_well(future: Future) -> bool:

@@ -23,7 +23,9 @@ from bench.identity.config import RunConfig
 from bench.results.backup import take_backup
 from bench.results.claims import Coordinator
 from bench.results.receipts import keep_row
-from bench.results.store import Claim, ResultStore
+from bench.results.schema import Claim
+from bench.results.store import ResultStore
+from bench.training.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class _Grid:
         self.bar.refresh()
 
     def epoch_done(self, key: str) -> None:
+        if self.counted.get(key, 0) >= self.epochs[key]:  # a worker's late word on a finished run
+            return
         self.counted[key] = self.counted.get(key, 0) + 1
         self.bar.update(self.cost[key])
 
@@ -126,6 +130,7 @@ class _Grid:
         # the rest of a failed run
         self.bar.update((self.epochs[row["key"]] - self.counted.get(row["key"], 0))
                         * self.cost[row["key"]])
+        self.counted[row["key"]] = self.epochs[row["key"]]
         self.bar.set_postfix_str(f"done: {row['model']} {row['combo']} seed {row['seed']} "
                                  f"{row['status']}")
         if self.on_row:
@@ -191,8 +196,15 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
                     store.path)
     if not todo:
         return GridRows()
+    options = options.for_grid(len(todo), "cpu" if options.kind in ("slurm", "ray")
+                               else resolve_device(device).type)
+    if options.kind in ("local", "process"):
+        logger.info("training %d run(s) %s, %d torch thread(s) each", len(todo),
+                    "in this process" if options.kind == "local"
+                    else f"{options.jobs} at a time in worker processes", options.threads)
     with contextlib.ExitStack() as stack:
         coordinator = stack.enter_context(Coordinator(store))
+        coordinator.enqueue(todo)  # so that `status` lists what this grid has yet to start
         # the executor first: one that cannot start (no sbatch, no Ray) fails before the bar
         pool = stack.enter_context(make_executor(
             options, store, device, lambda key: grid.epoch_done(key)))
@@ -223,9 +235,9 @@ def make_executor(options: Options, store: ResultStore, device: str,
                   on_epoch: Callable[[str], None] | None = None) -> executors.Executor:
     """The executor ``options`` name (``on_epoch(key)``: per-epoch progress, in-process)."""
     if options.kind == "local":
-        return executors.LocalExecutor(store, device, on_epoch)
+        return executors.LocalExecutor(store, device, on_epoch, options.threads)
     if options.kind == "process":
-        return executors.ProcessExecutor(store, device, options.jobs, options.run_threads() or 1)
+        return executors.ProcessExecutor(store, device, options.jobs, options.threads, on_epoch)
     if options.kind == "slurm":
         return cluster.SlurmExecutor(store, device, options.slurm, options.detach)
     return cluster.RayExecutor(store, device, options.ray, options.detach)

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
 from bench.errors import UserError
+from bench.machine import default_jobs
 
 KINDS = ("local", "process", "slurm", "ray")
+#: The executor left to :meth:`Options.for_grid`: a pool of one-thread runs on the CPU, this
+#: process on a GPU.
+AUTO = "auto"
+#: Torch threads of one run on this machine unless ``--threads`` says otherwise. One: a run's
+#: numbers then do not depend on how many cores the machine has, a run keeps its speed when
+#: other processes share the cores, and a pool of one-thread runs trains more steps per second
+#: than one run with every thread (measurements: the documentation's speed page).
+DEFAULT_THREADS = 1
 #: sbatch options ``--slurm-extra`` refuses: set by a flag of their own, or by the executor.
 _OWN_SLURM_FLAGS = {"partition": "use --slurm-partition", "time": "use --slurm-time",
                     "cpus-per-task": "use --slurm-cpus-per-task",
@@ -63,28 +71,40 @@ class Options:
     """Which executor and its settings (checked by :func:`parse_options`)."""
 
     kind: str = "local"
-    jobs: int = 1
+    #: Runs at once in the process pool; None: as many as :func:`bench.machine.default_jobs`.
+    jobs: int | None = 1
     detach: bool = False
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     ray: RayOptions = field(default_factory=RayOptions)
-    #: Torch threads per pool worker when set (``check`` pins one, for bit-identical runs).
-    threads: int | None = None
+    #: Torch threads of a run on this machine (in this process or a pool worker).
+    threads: int = DEFAULT_THREADS
 
     @property
     def remote(self) -> bool:
         """Cells run elsewhere: the device is resolved there, not here."""
         return self.kind in ("slurm", "ray")
 
-    def run_threads(self) -> int | None:
-        """Torch threads of one run: a pool worker's share of the cores, a SLURM or Ray
-        task's CPUs; None in this process (torch's own setting)."""
-        if self.kind == "process":
-            return self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
+    def run_threads(self) -> int:
+        """Torch threads of one run: ``threads`` here, a SLURM or Ray task's CPUs there."""
         if self.kind == "slurm":
             return self.slurm.cpus_per_task
         if self.kind == "ray":
             return max(1, int(self.ray.cpus_per_task))
-        return None
+        return self.threads
+
+    def for_grid(self, runs: int, device_kind: str) -> Options:
+        """The settings a grid of ``runs`` runs on a ``device_kind`` device (cpu, cuda)
+        trains with: ``auto`` becomes a pool of one run per usable core on the CPU — this
+        process when one run is left — and this process on a GPU; a pool's unset size
+        becomes :func:`bench.machine.default_jobs`."""
+        if self.kind == AUTO:
+            if device_kind != "cpu":
+                return replace(self, kind="local", jobs=1)
+            jobs = default_jobs(runs, self.threads)
+            return replace(self, kind="process" if jobs > 1 else "local", jobs=jobs)
+        if self.kind == "process" and self.jobs is None:
+            return replace(self, jobs=default_jobs(runs, self.threads))
+        return self
 
 
 def _flag(prefix: str, name: str) -> str:
@@ -136,29 +156,41 @@ def _slurm_options(given: Mapping[str, Any]) -> SlurmOptions:
     return SlurmOptions(**{k: v for k, v in values.items() if v is not None})
 
 
-def parse_options(kind: str | None = None, jobs: int = 1, detach: bool = False,
+def parse_options(kind: str | None = None, jobs: int | None = None, detach: bool = False,
                   slurm: Mapping[str, Any] | None = None,
-                  ray: Mapping[str, Any] | None = None) -> Options:
+                  ray: Mapping[str, Any] | None = None,
+                  threads: int | None = None) -> Options:
     """Check the executor settings of the command line, each misuse one clear error.
 
     ``slurm`` / ``ray``: option name → value as given (None or empty when not given).
-    ``kind=None`` means ``process`` with ``jobs > 1``, else ``local``.
+    ``kind=None`` means ``process`` with ``jobs > 1``, ``local`` with ``jobs=1`` and
+    ``auto`` without ``jobs`` (:meth:`Options.for_grid`); ``jobs=None``: as many runs at once
+    as the machine holds. ``threads``: torch threads per run here (default
+    :data:`DEFAULT_THREADS`).
     """
     slurm = {k: v for k, v in (slurm or {}).items() if v is not None and v != []}
     ray = {k: v for k, v in (ray or {}).items() if v is not None}
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
-    kind = kind or ("process" if jobs > 1 else "local")
-    if kind not in KINDS:
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    if kind is None:
+        kind = AUTO if jobs is None else "process" if jobs > 1 else "local"
+    if kind not in KINDS and kind != AUTO:
         raise UserError(f"unknown executor {kind!r}; choose one of {', '.join(KINDS)}")
-    if jobs > 1 and kind != "process":
+    if threads is not None and kind in ("slurm", "ray"):
+        raise UserError(f"--threads sets the threads of a run on this machine; a {kind} task "
+                        f"runs one thread per CPU it is given: use --{kind}-cpus-per-task")
+    if kind == "local" and jobs is None:
+        jobs = 1
+    if jobs is not None and jobs > 1 and kind != "process":
         raise UserError(f"--jobs sizes the local process pool (--executor process); "
                         f"--executor {kind} runs " + ("one run at a time" if kind == "local"
                                                        else "one task per run"))
     for prefix, given in (("slurm", slurm), ("ray", ray)):
         if given and kind != prefix:
-            raise UserError(f"{_flag(prefix, sorted(given)[0])} needs --executor {prefix} "
-                            f"(got --executor {kind})")
+            raise UserError(f"{_flag(prefix, sorted(given)[0])} needs --executor {prefix}"
+                            + (f" (got --executor {kind})" if kind != AUTO else ""))
     if detach and kind not in ("slurm", "ray"):
         raise UserError("--detach needs --executor slurm or ray: a scheduler that trains the "
                         "runs after this process has returned")
@@ -166,7 +198,7 @@ def parse_options(kind: str | None = None, jobs: int = 1, detach: bool = False,
         raise UserError("--detach with Ray needs --ray-address of a running cluster: a Ray "
                         "instance started here ends with this process")
     if kind == "slurm":
-        options = Options(kind, jobs, detach, slurm=_slurm_options(slurm))
+        options = Options(kind, 1, detach, slurm=_slurm_options(slurm))
         require("submitit", "slurm")
         return options
     if kind == "ray":
@@ -174,23 +206,30 @@ def parse_options(kind: str | None = None, jobs: int = 1, detach: bool = False,
             raise UserError(f"--ray-cpus-per-task must be positive and --ray-gpus-per-task at "
                             f"least 0, got {ray.get('cpus_per_task', 1)} and "
                             f"{ray.get('gpus_per_task', 0)}")
-        options = Options(kind, jobs, detach, ray=RayOptions(**ray))
+        options = Options(kind, 1, detach, ray=RayOptions(**ray))
         require("ray", "ray")
         return options
-    return Options(kind, jobs)
+    return Options(kind, jobs, threads=threads or DEFAULT_THREADS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The executor options, as one argument group of ``parser``."""
     where = parser.add_argument_group(
-        "where runs train", "local (default): in this process; process: --jobs N worker "
-        'processes; slurm: a SLURM job array (pip install "flexmoe-bench[slurm]"); ray: Ray '
-        'tasks (pip install "flexmoe-bench[ray]"). On a cluster the store must sit on a file '
-        "system the nodes share.")
+        "where runs train", "default: on the CPU, one-thread runs in a pool of worker "
+        "processes, one per usable core (memory permitting; one run: in this process), on a "
+        "GPU this process; local: in this process; process: --jobs N worker processes; slurm: "
+        'a SLURM job array (pip install "flexmoe-bench[slurm]"); ray: Ray tasks (pip install '
+        '"flexmoe-bench[ray]"). On a cluster the store must sit on a file system the nodes '
+        "share.")
     add = where.add_argument
     add("--executor", choices=KINDS, default=None,
-        help="default: process with --jobs N > 1, else local")
-    add("--jobs", type=int, default=1, help="worker processes of --executor process (default 1)")
+        help="default: process on the CPU (local with --jobs 1 or one run), local on a GPU")
+    add("--jobs", type=int, default=None,
+        help="runs at once in the pool of --executor process (default: one per usable core "
+        "÷ --threads, memory permitting)")
+    add("--threads", type=int, default=None, metavar="N",
+        help="torch threads per run on this machine (default 1: a run's numbers do not "
+        "depend on the machine's cores, and runs keep their speed beside other processes)")
     add("--detach", action="store_true", help="slurm / ray: submit and return; a later run of "
         "the same grid or 'status' takes in the results")
     add("--slurm-partition", default=None, metavar="NAME")
@@ -218,7 +257,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace) -> Options:
     """:func:`parse_options` of the options :func:`add_arguments` parsed."""
     return parse_options(
-        args.executor, args.jobs, args.detach,
+        args.executor, args.jobs, args.detach, threads=args.threads,
         slurm={k: getattr(args, f"slurm_{k}") for k in (
             "partition", "time", "cpus_per_task", "gpus_per_task", "array_parallelism",
             "extra", "cluster")},

@@ -38,6 +38,9 @@ store, e.g. one per node on a shared file system):
 * A coordinator may hand a claim over to the task it submits (bench.execution.cluster: SLURM,
   Ray): the task then claims the run under that owner when it starts, renews the lease while it
   trains and skips the run if it finds it done or held by another owner.
+* A coordinator records the runs it will start as *queued* claims when its grid starts
+  (renewed and released with its leases): ``status`` lists them; they bind nobody, since a
+  coordinator claiming a run another has queued takes it.
 * The ``claims`` table is created (or added to an older store) in the schema transaction;
   read-only opening never needs it (:meth:`ResultStore.claims` reads none then).
 
@@ -50,6 +53,7 @@ import logging
 import os
 import socket
 import sqlite3
+import statistics
 import threading
 import time
 import uuid
@@ -57,7 +61,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bench.results.store import Claim, ResultStore, StoreError
+from bench.results.schema import Claim
+from bench.results.store import ResultStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +120,7 @@ class Coordinator:
         #: failed rows as this coordinator found them: any other was written since
         self.seen = store.unfinished()
         self._held: dict[str, str] = {}  # key → owner: ours, or a task's we handed it to
+        self._queued = False  # runs queued under our owner id: renewed with the leases
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,6 +157,16 @@ class Coordinator:
             with self._lock:
                 self._held[cell.key] = self.owner
         return outcome, claim
+
+    def enqueue(self, cells: list[Any]) -> None:
+        """Record ``cells`` (RunConfigs) as queued by this coordinator, so ``status`` lists
+        them; their lease is renewed with the claims' and released on exit."""
+        now = time.time()
+        self.store.enqueue(Claim(c.key, self.owner, self.host, self.pid, self.machine, now,
+                                 now + self.lease_s, c.model, c.dataset, c.combo, c.seed,
+                                 c.profile, queued=True) for c in cells)
+        with self._lock:
+            self._queued = True
 
     def hand_over(self, cell: Any, label: str, detached: bool = False) -> str:
         """Pass our claim on ``cell`` to the task about to run it; return the task's owner id.
@@ -196,10 +212,11 @@ class Coordinator:
     def _renew(self, store: ResultStore) -> None:
         with self._lock:  # claimed before this point: committed before the renewal
             before = dict(self._held)
-        if not before:
+            owners = set(before.values()) | ({self.owner} if self._queued else set())
+        if not owners:
             return
         try:
-            kept = store.renew(set(before.values()), time.time() + self.lease_s)
+            kept = store.renew(owners, time.time() + self.lease_s)
         except (sqlite3.Error, StoreError) as err:
             logger.warning("could not renew leases in %s (%s); retrying in %.0f s", store.path,
                            err, self.renew_s)
@@ -229,10 +246,11 @@ def _first_line(text: Any) -> str:
 
 def status_report(path: str | Path | None = None, now: float | None = None) -> str:
     """Per grid (model × data set × profile): runs done, running (lease holder host:pid, and
-    for how long), failed (first line of the error) and the training time spent (the
-    ``train_seconds`` of done and failed runs, and the time so far of those running).
-    Pending runs are not known without the grid; only rows of the current key version are
-    counted (older ones are never matched again). Read-only, except that receipts of
+    for how long), queued by a live coordinator, failed (first line of the error), the
+    training time spent (the ``train_seconds`` of done and failed runs, and the time so far of
+    those running) and the step time of the done runs' first and last epochs (medians over
+    the runs: a step that slows as runs go on shows). Only rows of the current key version
+    are counted (older ones are never matched again). Read-only, except that receipts of
     finished runs waiting beside the store are taken in first (:func:`take_in_receipts`)."""
     import pandas as pd
     from tabulate import tabulate
@@ -252,12 +270,16 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
 
     def grid(model: Any, dataset: Any, profile: Any) -> dict[str, Any]:
         return grids.setdefault((str(model), str(dataset), str(profile)), {
-            "done": 0, "running": [], "stale": [], "failed": [], "seconds": 0.0})
+            "done": 0, "running": [], "queued": {}, "stale": [], "failed": [],
+            "seconds": 0.0, "first": [], "last": []})
 
     for r in df.itertuples():
         g = grid(r.model, r.dataset, r.profile)
         if r.status == "ok":
             g["done"] += 1
+            if r.ms_per_iter_epochs:
+                g["first"].append(r.ms_per_iter_epochs[0])
+                g["last"].append(r.ms_per_iter_epochs[-1])
         else:
             g["failed"].append(f"{r.combo} seed {r.seed}: {_first_line(r.error)}")
         if pd.notna(r.train_seconds):
@@ -267,6 +289,10 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
             continue
         g = grid(c.model, c.dataset, c.profile)
         what = f"{c.combo} seed {c.seed}: {c.holder}"
+        if c.queued:
+            if c.expires > now and holder_alive(c):
+                g["queued"][c.holder] = g["queued"].get(c.holder, 0) + 1
+            continue
         if c.expires > now and holder_alive(c):
             g["running"].append(f"{what} (for {_duration(now - c.claimed_at)}; lease ends in "
                                 f"{_duration(c.expires - now)} unless renewed)")
@@ -278,11 +304,15 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
         return (f"{where}: no runs yet" + (f" ({n_old} of an older key version)" if n_old
                                            else "") + (f"\n{taken}" if taken else ""))
     table = [{"model": m, "dataset": d, "profile": p, "done": g["done"],
-              "running": len(g["running"]), "failed": len(g["failed"]),
-              "time spent": _duration(g["seconds"])} for (m, d, p), g in sorted(grids.items())]
+              "running": len(g["running"]), "queued": sum(g["queued"].values()),
+              "failed": len(g["failed"]), "time spent": _duration(g["seconds"]),
+              "ms/step, first → last epoch": _first_last(g["first"], g["last"])}
+             for (m, d, p), g in sorted(grids.items())]
     lines = [f"{where}", "", tabulate(table, headers="keys", tablefmt="github")]
     for (m, d, p), g in sorted(grids.items()):
         details = [f"  running  {x}" for x in sorted(g["running"])] + \
+                  [f"  queued   {n} run(s) by {holder}" for holder, n in
+                   sorted(g["queued"].items())] + \
                   [f"  stale    {x}" for x in sorted(g["stale"])] + \
                   [f"  failed   {x}" for x in sorted(g["failed"])]
         if details:
@@ -292,6 +322,12 @@ def status_report(path: str | Path | None = None, now: float | None = None) -> s
     if taken:
         lines += ["", taken]
     return "\n".join(lines)
+
+
+def _first_last(first: list[float], last: list[float]) -> str:
+    if not first:
+        return ""
+    return f"{statistics.median(first):.1f} → {statistics.median(last):.1f}"
 
 
 def take_in_receipts(path: str | Path | None = None) -> str:

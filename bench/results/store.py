@@ -31,7 +31,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,7 +38,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from bench.results import receipts
-from bench.results.schema import CLAIM_COLUMNS, COLUMNS, JSON_COLUMNS, SCHEMA_VERSION
+from bench.results.schema import CLAIM_COLUMNS, COLUMNS, JSON_COLUMNS, SCHEMA_VERSION, Claim
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +48,6 @@ _ADVICE = "It was left untouched: pass another --store path (or move the file as
 
 class StoreError(RuntimeError):
     """The results store cannot be used as it is; nothing was changed."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One row of the ``claims`` table: ``owner`` (a coordinator's uuid) holds ``key`` until
-    ``expires`` (seconds since the epoch) unless renewed."""
-
-    key: str
-    owner: str
-    host: str
-    pid: int
-    machine: str | None = None
-    claimed_at: float = 0.0
-    expires: float = 0.0
-    model: str | None = None
-    dataset: str | None = None
-    combo: str | None = None
-    seed: int | None = None
-    profile: str | None = None
-
-    @property
-    def holder(self) -> str:
-        """``host:pid``; a claim handed to a task not yet started has no pid: its label."""
-        return f"{self.host}:{self.pid}" if self.pid else self.host
 
 
 def default_store_path(path: str | Path | None = None) -> Path:
@@ -296,7 +271,7 @@ class ResultStore:
                     seen is not None and (want.key, row[1]) not in seen.items())):
                 return "done", None
             current = self._read_claims("WHERE key = ?", (want.key,))
-            if current and current[0].owner != want.owner:
+            if current and current[0].owner != want.owner and not current[0].queued:
                 other = current[0]
                 if other.expires > time.time() and (alive is None or alive(other)):
                     return "held", other
@@ -313,9 +288,18 @@ class ResultStore:
             return "done", None
         return "claimed", want
 
+    def enqueue(self, queued: Iterable[Claim]) -> None:
+        """Record runs a coordinator will start (``queued`` claims, for ``status``) where no
+        claim is held yet; a queued run binds nobody: a coordinator claiming it takes it."""
+        self._writable()
+        rows = [[getattr(c, k) for k in CLAIM_COLUMNS] for c in queued]
+        with self._transaction():
+            self._conn.executemany(f"INSERT OR IGNORE INTO claims ({', '.join(CLAIM_COLUMNS)}) "
+                                   f"VALUES ({', '.join('?' for _ in CLAIM_COLUMNS)})", rows)
+
     def renew(self, owner: str | Iterable[str], expires: float) -> set[str]:
-        """Move every lease of ``owner`` (one id or several) to ``expires``; return the keys
-        they still hold."""
+        """Move every lease of ``owner`` (one id or several), queued runs' too, to ``expires``;
+        return the keys they still hold."""
         self._writable()
         owners = [owner] if isinstance(owner, str) else list(owner)
         marks = ", ".join("?" for _ in owners)

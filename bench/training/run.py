@@ -83,6 +83,7 @@ def execute(cell: RunConfig, device: str | torch.device = "cpu",
             # after the cost probes: evaluation only, so no stored number above can move
             robustness=test_time_metrics(model, data),
             ms_per_iter=result.ms_per_iter, ms_per_iter_median=result.ms_per_iter_median,
+            ms_per_iter_epochs=[round(ms, 3) for ms in result.epoch_ms_median],
             s_per_epoch=sum(result.epoch_s) / len(result.epoch_s),
         )
     except Exception as exc:  # a failed run is recorded, and the grid goes on

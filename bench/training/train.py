@@ -43,6 +43,8 @@ class FitResult:
     val_acc_curve: list[float]
     step_ms: list[float] = field(repr=False)
     epoch_s: list[float]
+    #: How many steps each epoch took (``step_ms`` in epoch order).
+    epoch_steps: list[int]
     warmup_steps: int
     notes: dict[str, str] = field(default_factory=dict)
     #: How many samples of each split the selected state predicts as each class.
@@ -57,6 +59,16 @@ class FitResult:
     def ms_per_iter_median(self) -> float:
         timed = self.step_ms[self.warmup_steps:] or self.step_ms
         return statistics.median(timed) if timed else math.nan
+
+    @property
+    def epoch_ms_median(self) -> list[float]:
+        """Each epoch's median step time: a step that slows as the run goes on shows here,
+        where the run's one median hides it."""
+        out, start = [], 0
+        for n in self.epoch_steps:
+            out.append(statistics.median(self.step_ms[start:start + n]) if n else math.nan)
+            start += n
+        return out
 
 
 def make_adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -139,7 +151,7 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
     weight = class_weight(data)
     generator = torch.Generator().manual_seed(seed)
     best_acc, best_epoch, best_state = -1.0, -1, None
-    curve, step_ms, epoch_s = [], [], []
+    curve, step_ms, epoch_s, epoch_steps = [], [], [], []
     for epoch in range(epochs):
         model.train()
         how = model.epoch_order(epoch)
@@ -155,6 +167,7 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, "
                                          f"step {step}; lower the learning rate or check inputs")
         epoch_s.append(time.perf_counter() - t_epoch)
+        epoch_steps.append(len(step_ms) - sum(epoch_steps))
         probs, y = predict(model, data, "val", eval_batch_size)
         acc = float((probs.argmax(1) == y).mean())
         curve.append(acc)
@@ -170,7 +183,8 @@ def fit(model: BenchModel, data: RunData, *, lr: float, batch_size: int, epochs:
     val = evaluate(model, data, "val", eval_batch_size, notes, counts)
     test = evaluate(model, data, "test", eval_batch_size, notes, counts)
     return FitResult(val=val, test=test, best_epoch=best_epoch, val_acc_curve=curve,
-                     step_ms=step_ms, epoch_s=epoch_s, warmup_steps=warmup_steps, notes=notes,
+                     step_ms=step_ms, epoch_s=epoch_s, epoch_steps=epoch_steps,
+                     warmup_steps=warmup_steps, notes=notes,
                      pred_counts=counts)
 
 
