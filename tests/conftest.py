@@ -11,6 +11,13 @@ from bench.data.core import Batch, DataSpec, MultimodalData
 from bench.data.load import load_data
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread, as a run trains by default: the tests check behaviour, not speed, and
+    on a machine other work keeps busy a multi-threaded step can cost ten times its idle time
+    (tests of multi-threaded determinism set their own count)."""
+    torch.set_num_threads(1)
+
+
 def toy_arrays(n: int = 120, seed: int = 0, letters: str = "ABC",
                widths: tuple[int, ...] = (20, 7, 33), num_classes: int = 3) -> RawArrays:
     """Random features with a fixed missingness pattern: half full, the rest partial."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from bench.cli.main import main
 from bench.execution.grid import run_grid
@@ -29,16 +28,6 @@ from bench.results.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--models", "tf", "--dataset", "synthetic-adni", "--data-option", "scale=0.1"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training here checks bookkeeping, not speed: one torch thread, so a busy machine's
-    cores are not oversubscribed (two threads can be ten times slower there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cell(key: str, combo: str = "IG", seed: int = 0) -> SimpleNamespace:

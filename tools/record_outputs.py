@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import re
 import shlex
@@ -86,6 +87,16 @@ def record(paths: list[Path], check: bool = False) -> list[Shown]:
     return stale
 
 
+def _cpu() -> str:
+    """The CPU's model name and core count, for the prose beside a recorded output."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in
+                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path,
@@ -100,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in marked(paths):
             print(f"{s.path}: {s.command}")
         return 0
-    logger.info("Python %s on %s (%s)", platform.python_version(), platform.machine(),
-                platform.processor() or "unknown CPU")
+    logger.info("Python %s on %s, %s", platform.python_version(), platform.machine(), _cpu())
     stale = record(paths, args.check)
     for s in stale:
         print(f"{s.path}: the output of {s.command!r} "
