@@ -196,7 +196,7 @@ def run_grid(cells: Sequence[RunConfig], store: ResultStore, device: str = "cpu"
                     store.path)
     if not todo:
         return GridRows()
-    options = options.for_grid(len(todo), "cpu" if options.kind in ("slurm", "ray")
+    options = options.for_grid(len(todo), "cpu" if options.remote
                                else resolve_device(device).type)
     if options.kind in ("local", "process"):
         logger.info("training %d run(s) %s, %d torch thread(s) each", len(todo),

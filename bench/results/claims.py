@@ -148,23 +148,24 @@ class Coordinator:
     def claim(self, cell: Any) -> tuple[str, Claim | None]:
         """Claim ``cell`` (a RunConfig): ``("claimed", ours)``, ``("done", None)`` or
         ``("held", theirs)`` (see :meth:`bench.results.store.ResultStore.claim`)."""
-        now = time.time()
-        want = Claim(cell.key, self.owner, self.host, self.pid, self.machine, now,
-                     now + self.lease_s, cell.model, cell.dataset, cell.combo, cell.seed,
-                     cell.profile)
-        outcome, claim = self.store.claim(want, self.seen, holder_alive)
+        outcome, claim = self.store.claim(self._claim_of(cell, time.time()), self.seen,
+                                          holder_alive)
         if outcome == "claimed":
             with self._lock:
                 self._held[cell.key] = self.owner
         return outcome, claim
 
+    def _claim_of(self, cell: Any, now: float, queued: bool = False) -> Claim:
+        """This coordinator's claim on ``cell`` (a RunConfig), its lease starting ``now``."""
+        return Claim(cell.key, self.owner, self.host, self.pid, self.machine, now,
+                     now + self.lease_s, cell.model, cell.dataset, cell.combo, cell.seed,
+                     cell.profile, queued)
+
     def enqueue(self, cells: list[Any]) -> None:
         """Record ``cells`` (RunConfigs) as queued by this coordinator, so ``status`` lists
         them; their lease is renewed with the claims' and released on exit."""
         now = time.time()
-        self.store.enqueue(Claim(c.key, self.owner, self.host, self.pid, self.machine, now,
-                                 now + self.lease_s, c.model, c.dataset, c.combo, c.seed,
-                                 c.profile, queued=True) for c in cells)
+        self.store.enqueue(self._claim_of(c, now, queued=True) for c in cells)
         with self._lock:
             self._queued = True
 

@@ -280,9 +280,7 @@ class ResultStore:
                             else "its process is gone")
             arrived = self._receipt(want.key).is_file()
             if not arrived:
-                values = [getattr(want, c) for c in CLAIM_COLUMNS]
-                self._conn.execute(f"INSERT OR REPLACE INTO claims ({', '.join(CLAIM_COLUMNS)}) "
-                                   f"VALUES ({', '.join('?' for _ in values)})", values)
+                self._insert_claims("REPLACE", [want])
         if arrived:  # finished by a worker, not ingested yet: take its row, claim nothing
             self.ingest_receipts([want.key])
             return "done", None
@@ -292,10 +290,14 @@ class ResultStore:
         """Record runs a coordinator will start (``queued`` claims, for ``status``) where no
         claim is held yet; a queued run binds nobody: a coordinator claiming it takes it."""
         self._writable()
-        rows = [[getattr(c, k) for k in CLAIM_COLUMNS] for c in queued]
         with self._transaction():
-            self._conn.executemany(f"INSERT OR IGNORE INTO claims ({', '.join(CLAIM_COLUMNS)}) "
-                                   f"VALUES ({', '.join('?' for _ in CLAIM_COLUMNS)})", rows)
+            self._insert_claims("IGNORE", queued)
+
+    def _insert_claims(self, conflict: str, claims: Iterable[Claim]) -> None:
+        """``INSERT OR <conflict>`` of ``claims`` (inside the caller's transaction)."""
+        self._conn.executemany(f"INSERT OR {conflict} INTO claims ({', '.join(CLAIM_COLUMNS)}) "
+                               f"VALUES ({', '.join('?' for _ in CLAIM_COLUMNS)})",
+                               [[getattr(c, k) for k in CLAIM_COLUMNS] for c in claims])
 
     def renew(self, owner: str | Iterable[str], expires: float) -> set[str]:
         """Move every lease of ``owner`` (one id or several), queued runs' too, to ``expires``;
