@@ -229,10 +229,11 @@ def official_design(model: FlexMoE) -> FlexMoE:
 
 class PerSampleDataset(Dataset):
     """Rows of one split held as host NumPy arrays and served one sample at a time, as the
-    released ``MultiModalDataset``: ``(features by letter, label, combination, observed)``."""
+    released ``MultiModalDataset``: ``(features by letter, label, combination, observed)``.
+    ``rows`` (data set row indices) replaces the split's rows, in that order."""
 
-    def __init__(self, data: RunData, split: str = "train") -> None:
-        rows = data.splits[split].cpu()
+    def __init__(self, data: RunData, split: str = "train", rows: Tensor | None = None) -> None:
+        rows = (data.splits[split] if rows is None else rows).cpu()
         self.features = {c: x.cpu().index_select(0, rows).numpy()
                          for c, x in data.features.items()}
         self.labels = data.labels.cpu().index_select(0, rows).numpy()
@@ -264,21 +265,33 @@ def released_num_workers() -> int:
 
 def per_sample_loader(data: RunData, batch_size: int, seed: int = 0,
                       device: str | torch.device = "cpu",
-                      num_workers: int | None = None) -> DataLoader:
-    """The released training loader (``data.py`` ``create_loaders``, shuffled variant) over
-    ``data``'s training rows: per-sample items, the released collate, ``num_workers`` worker
-    processes (default :func:`released_num_workers`), ``pin_memory`` where ``device`` is CUDA
-    (the released default is ``True``; without an accelerator torch warns and pins nothing, so
-    it is off there), no ``persistent_workers`` (the workers start anew every epoch).
+                      num_workers: int | None = None, split: str = "train",
+                      rows: Tensor | None = None, shuffle: bool = True) -> DataLoader:
+    """A released loader (``data.py`` ``create_loaders``) over ``split``'s rows (or ``rows``,
+    in their order), by default its shuffled training loader: per-sample items, the released
+    collate, ``num_workers`` worker processes (default :func:`released_num_workers`),
+    ``pin_memory`` where ``device`` is CUDA (the released default is ``True``; without an
+    accelerator torch warns and pins nothing, so it is off there), no ``persistent_workers``
+    (the workers start anew every epoch).
 
     It yields ``(x, y, combo, observed)`` tuples on the host; :func:`released_batches` moves
     them to the device as the released training loop does.
     """
     workers = released_num_workers() if num_workers is None else num_workers
-    return DataLoader(PerSampleDataset(data), batch_size=batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed), collate_fn=collate,
-                      num_workers=workers, pin_memory=torch.device(device).type == "cuda",
-                      persistent_workers=False)
+    return DataLoader(PerSampleDataset(data, split, rows), batch_size=batch_size,
+                      shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None,
+                      collate_fn=collate, num_workers=workers,
+                      pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
+
+
+def device_batch(item: tuple, device: torch.device) -> Batch:
+    """One collated ``(x, y, combo, observed)`` item moved with ``.to(device,
+    non_blocking=True)``, as the released ``run_epoch`` moves each batch inside the step."""
+    x, y, combo, observed = item
+    return Batch({c: v.to(device, non_blocking=True) for c, v in x.items()},
+                 observed.to(device, non_blocking=True), combo.to(device, non_blocking=True),
+                 y.to(device, non_blocking=True))
 
 
 def released_batches(loader: DataLoader, device: str | torch.device) -> Iterator[Batch]:
@@ -294,9 +307,7 @@ def released_batches(loader: DataLoader, device: str | torch.device) -> Iterator
     while True:
         epoch = iter(loader)
         try:
-            for x, y, combo, observed in epoch:
-                yield Batch({c: v.to(dev, non_blocking=True) for c, v in x.items()},
-                            observed.to(dev, non_blocking=True),
-                            combo.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+            for item in epoch:
+                yield device_batch(item, dev)
         finally:
             del epoch

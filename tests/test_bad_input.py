@@ -54,6 +54,7 @@ def test_bad_run_settings_are_one_line_and_store_nothing(tmp_path, capsys, argv,
     (["perf", "--models", ""], "--models is empty"),
     (["perf", "--warmup", "-1"], "--warmup must be 0 or more"),
     (["perf", "--busy", "-2"], "--busy must be 0 or more"),
+    (["perf", "--whole-run", "-1"], "--whole-run must be 0 or more"),
 ])
 def test_bad_perf_options(capsys, argv, says):
     assert says in _error(capsys, argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from types import SimpleNamespace
 
@@ -11,11 +12,13 @@ import torch.nn.functional as F
 
 from bench.registry import create_model
 from bench.training.complexity import count_params
+from bench.training.released import released_fit
 from bench.training.train import seed_everything
 from flexmoe.moe import Experts, SparseMoE, dispatch
 from flexmoe.reference import (
     FusedMoE,
     MoELinear,
+    device_batch,
     official_design,
     per_sample_loader,
     released_batches,
@@ -121,3 +124,56 @@ def test_perf_comparison_refuses_models_without_the_official_design():
 
     with pytest.raises(ValueError, match="Flex-MoE models only"):
         benchmark("tf", steps=1, warmup=0, data_options={"scale": 0.2}, official=True)
+
+
+def test_released_loaders_serve_the_rows_they_are_given_in_order(adni):
+    data = adni.restrict("IGCB")
+    rows = data.order("train", "descending")
+    items = list(per_sample_loader(data, 8, rows=rows, shuffle=False, num_workers=0))
+    assert torch.equal(torch.cat([i[1] for i in items]), data.labels[rows])
+    assert torch.equal(torch.cat([i[3] for i in items]), data.observed[rows])
+    val = per_sample_loader(data, 8, split="val", shuffle=False, num_workers=0)
+    assert torch.equal(torch.cat([i[1] for i in val]), data.labels[data.splits["val"]])
+    batch = device_batch(items[0], torch.device("cpu"))
+    assert torch.equal(batch.x["I"], data.features["I"][rows[:8]])
+
+
+def test_released_loop_trains_validates_every_epoch_and_tests_once(adni):
+    data = adni.restrict("IGCB")
+    seed_everything(0)
+    ref = official_design(create_model("flexmoe", data.spec, num_layers=1, warmup_epochs=1))
+    assert ref.epoch_order(0) == "descending" and ref.epoch_order(1) == "shuffle"
+    before = [p.detach().clone() for p in ref.parameters()]
+    run = released_fit(ref, data, lr=1e-3, batch_size=64, epochs=2, num_workers=0)
+    assert len(run.epoch_s) == len(run.val_acc_curve) == 2 and min(run.epoch_s) > 0
+    assert run.test_s > 0 and run.total_s == pytest.approx(sum(run.epoch_s) + run.test_s)
+    assert run.best_epoch == max(range(2), key=lambda e: (run.val_acc_curve[e], -e))
+    assert any(not torch.equal(a, b) for a, b in zip(before, ref.parameters()))
+    assert len(run.task_loss) == len(run.gate_loss) == 2
+    assert all(math.isfinite(x) and x > 0 for x in run.task_loss + run.gate_loss)
+
+
+def test_perf_times_a_whole_run_of_both_loops_from_the_same_weights():
+    from bench.training.perf import benchmark
+
+    r = benchmark("flexmoe", steps=2, warmup=0, data_options={"scale": 0.2}, official=True,
+                  whole_run=1)
+    assert r.whole_run_epochs == len(r.whole_run_epoch_ms) == 1 and r.whole_run_epoch_ms[0] > 0
+    assert r.whole_run_s_per_epoch > 0 and r.official_whole_run_s_per_epoch > 0
+    assert r.whole_run_speedup == r.official_whole_run_s_per_epoch / r.whole_run_s_per_epoch
+
+
+
+def test_perf_prints_a_whole_run_beside_the_step(capsys):
+    from bench.cli.main import main
+
+    assert main(["perf", "--models", "tf", "--steps", "1", "--warmup", "0", "--whole-run", "2",
+                 "--data-option", "scale=0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "whole runs of 2 epochs" in out
+    header, _, row = out.strip().splitlines()[-3:]
+    cells = dict(zip((c.strip() for c in header.split("|")), (c.strip() for c in row.split("|"))))
+    assert float(cells["whole run s/epoch"]) > 0
+    low, high = map(float, cells["whole run ms/step, epochs min–max"].split("–"))
+    assert 0 < low <= high
+    assert "official whole run s/epoch" not in cells  # the released loop: Flex-MoE only

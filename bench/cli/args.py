@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also time the released code's design (per-sample DataLoader with "
                       "worker processes, MoE per modality, FastMoE's fused expert step) on the "
                       "same weights; Flex-MoE models only")
+    perf.add_argument("--whole-run", type=int, default=0, metavar="EPOCHS",
+                      help="then train a whole run of EPOCHS epochs from fresh weights (each "
+                      "epoch's training and validation passes, the final evaluation) and "
+                      "report its seconds per epoch; with --compare-official, the released "
+                      "training loop's too, from the same weights (default 0: none)")
     perf.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                       help=f"torch CPU threads (default {DEFAULT_THREADS}, as a run has unless "
                       "run --threads says otherwise)")

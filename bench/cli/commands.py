@@ -199,7 +199,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if not csv_list(args.models):
         raise UserError("--models is empty; name the models to time, e.g. --models flexmoe,tf")
     positive("--steps", args.steps)
-    for option, value in (("--warmup", args.warmup), ("--busy", args.busy)):
+    for option, value in (("--warmup", args.warmup), ("--busy", args.busy),
+                          ("--whole-run", args.whole_run)):
         if value < 0:
             raise UserError(f"{option} must be 0 or more, got {value}")
     positive("--threads", args.threads)
@@ -207,7 +208,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     results = [benchmark(m, args.dataset, args.combo, args.steps, args.warmup, args.device,
                          assignments(args.overrides, "--set"),
                          assignments(args.data_option, "--data-option"),
-                         official=args.compare_official, busy=args.busy)
+                         official=args.compare_official, busy=args.busy,
+                         whole_run=args.whole_run)
                for m in csv_list(args.models)]
     rows = [{"model": r.model, "ms/step (median)": r.ms_per_step_median,
              "ms/step (mean)": r.ms_per_step_mean, "samples/s": r.samples_per_s,
@@ -218,11 +220,20 @@ def cmd_perf(args: argparse.Namespace) -> int:
         for row, r in zip(rows, results):
             row["official design ms/step"] = r.official_ms_per_step_median
             row["speed-up"] = f"{r.speedup_vs_official:.1f}×"
+    if args.whole_run:
+        for row, r in zip(rows, results):
+            row["whole run s/epoch"] = r.whole_run_s_per_epoch
+            row["whole run ms/step, epochs min–max"] = (f"{min(r.whole_run_epoch_ms):.2f}–"
+                                                         f"{max(r.whole_run_epoch_ms):.2f}")
+            if args.compare_official:
+                row["official whole run s/epoch"] = r.official_whole_run_s_per_epoch
+                row["whole-run speed-up"] = f"{r.whole_run_speedup:.1f}×"
     first = results[0]
     print(f"{args.dataset} {args.combo}, batch {first.batch_size}, {first.steps} timed steps "
           f"after {args.warmup}, device {first.device}, {first.threads} thread(s), OpenMP "
           f"wait policy {first.wait_policy}, {first.busy} busy process(es) beside; dense "
-          f"matmul peak {first.matmul_gflops:.1f} GFLOP/s; {first.steps_per_epoch} steps/epoch")
+          f"matmul peak {first.matmul_gflops:.1f} GFLOP/s; {first.steps_per_epoch} steps/epoch"
+          + (f"; whole runs of {args.whole_run} epochs" if args.whole_run else ""))
     print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f"))
     for r in results:
         busy = contention({"cpu_share": r.cpu_share, "load_avg": os.getloadavg()[0]})

@@ -25,7 +25,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import registry
-from bench.data.core import num_batches
+from bench.data.core import RunData, num_batches
 from bench.data.load import load_data
 from bench.errors import UserError
 from bench.identity.config import RunConfig
@@ -41,7 +41,7 @@ from bench.profiles import get_profile
 from bench.threads import busy_processes, wait_policy
 from bench.training.complexity import count_params  # also registers the grouped-matmul FLOP formula
 from bench.training.device import resolve_device
-from bench.training.train import class_weight, make_adam, seed_everything, train_step
+from bench.training.train import class_weight, fit, make_adam, seed_everything, train_step
 
 #: The profile whose settings ``perf`` times: the paper's hyper-parameters and full data.
 PERF_PROFILE = "paper"
@@ -71,6 +71,20 @@ class PerfResult:
     cpu_share: float = 1.0
     official_ms_per_step_median: float | None = None
     speedup_vs_official: float | None = None
+    #: ``whole_run`` epochs: wall seconds per epoch of a whole run from fresh weights (each
+    #: epoch's training and validation passes, the final evaluation), the suite's ``fit``
+    #: and, with ``official``, the released loop (:mod:`bench.training.released`)
+    whole_run_epochs: int = 0
+    whole_run_s_per_epoch: float | None = None
+    official_whole_run_s_per_epoch: float | None = None
+    #: The suite's whole run: each epoch's median step (ms), as a run stores them
+    whole_run_epoch_ms: list[float] = field(default_factory=list)
+
+    @property
+    def whole_run_speedup(self) -> float | None:
+        if self.official_whole_run_s_per_epoch is None or not self.whole_run_s_per_epoch:
+            return None
+        return self.official_whole_run_s_per_epoch / self.whole_run_s_per_epoch
 
 
 def matmul_rate(device: torch.device, size: int = 1024, reps: int = 20) -> float:
@@ -135,9 +149,11 @@ def _forever(make: Any) -> Iterator:
 def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", combo: str = "IGCB",
               steps: int = 200, warmup: int = 20, device: str = "auto",
               overrides: dict[str, Any] | None = None, data_options: dict[str, Any] | None = None,
-              seed: int = 0, official: bool = False, busy: int = 0) -> PerfResult:
+              seed: int = 0, official: bool = False, busy: int = 0,
+              whole_run: int = 0) -> PerfResult:
     """Time ``steps`` training steps after ``warmup`` untimed ones (see the module doc),
-    with ``busy`` processes spinning beside them (a reproducible load)."""
+    with ``busy`` processes spinning beside them (a reproducible load); then, if
+    ``whole_run`` is positive, whole runs of that many epochs (:func:`whole_runs`)."""
     from flexmoe.model import FlexMoE
     from flexmoe.reference import official_design, per_sample_loader, released_batches
 
@@ -182,6 +198,8 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
     median = statistics.median(times) * 1e3
     steps_per_epoch = num_batches(int(data.splits["train"].numel()), batch_size)
     achieved = flops / mean / 1e9
+    suite_s, official_s, epoch_ms = (whole_runs(model_name, data, hp, whole_run, seed, official)
+                                     if whole_run > 0 else (None, None, []))
     return PerfResult(
         model=model_name, combo=combo, device=str(dev), threads=torch.get_num_threads(),
         batch_size=batch_size, params=count_params(model), steps=steps,
@@ -191,7 +209,37 @@ def benchmark(model_name: str = "flexmoe", dataset: str = "synthetic-adni", comb
         achieved_gflops=achieved, matmul_gflops=peak, fraction_of_matmul_peak=achieved / peak,
         wait_policy=wait_policy(), busy=busy, cpu_share=share,
         official_ms_per_step_median=official_median,
-        speedup_vs_official=None if official_median is None else official_median / median)
+        speedup_vs_official=None if official_median is None else official_median / median,
+        whole_run_epochs=max(whole_run, 0), whole_run_s_per_epoch=suite_s,
+        official_whole_run_s_per_epoch=official_s, whole_run_epoch_ms=epoch_ms)
+
+
+def whole_runs(model_name: str, data: RunData, hparams: dict[str, Any], epochs: int,
+               seed: int = 0,
+               official: bool = False) -> tuple[float, float | None, list[float]]:
+    """Wall seconds per epoch of a whole run of ``epochs`` epochs from fresh weights: the
+    suite's :func:`~bench.training.train.fit` and then, with ``official``, the released loop
+    (:func:`~bench.training.released.released_fit`) from the same initial weights; and the
+    suite run's median step per epoch. A step cannot show what a run pays around its steps
+    (the validation pass after every epoch, the released loader's worker start-ups, the
+    best-state copies), nor a step that slows as the run goes on; this does."""
+    from bench.training.released import released_fit
+    from flexmoe.reference import official_design
+
+    train_hp, _ = registry.split_hparams({**hparams, "epochs": epochs})
+    seed_everything(seed)
+    model = registry.build_model(model_name, data.spec, hparams).to(data.device)
+    reference = official_design(model) if official else None
+    start = time.perf_counter()
+    result = fit(model, data, seed=seed, **train_hp)
+    suite = (time.perf_counter() - start) / epochs
+    if reference is None:
+        return suite, None, result.epoch_ms_median
+    seed_everything(seed)
+    released = released_fit(reference, data, lr=train_hp["lr"],
+                            batch_size=train_hp["batch_size"], epochs=epochs,
+                            weight_decay=train_hp.get("weight_decay", 0.0), seed=seed)
+    return suite, released.total_s / epochs, result.epoch_ms_median
 
 
 def probe_step_ms(cell: RunConfig, device: str = "auto", steps: int = 3,
