@@ -35,7 +35,13 @@ from bench.cli.args import assignments  # noqa: E402
 from bench.data.core import RunData  # noqa: E402
 from bench.data.load import load_data  # noqa: E402
 from bench.identity.config import build_grid  # noqa: E402
-from bench.training.train import fit, make_adam, seed_everything, train_step  # noqa: E402
+from bench.training.train import (  # noqa: E402
+    class_weight,
+    fit,
+    make_adam,
+    seed_everything,
+    train_step,
+)
 
 #: Untimed steps of each reference before its timed ones.
 REFERENCE_WARMUP = 5
@@ -43,14 +49,17 @@ REFERENCE_WARMUP = 5
 
 def reference_ms(initial: torch.nn.Module, data: RunData, hp: dict, steps: int,
                  generator: torch.Generator) -> float:
-    """Median ms of ``steps`` training steps of a fresh copy of ``initial``."""
+    """Median ms of ``steps`` training steps of a fresh copy of ``initial``, each timed as
+    ``fit`` times a run's step (its loss weighted as the run's, the batch fetch outside the
+    timing; ``perf``'s step includes the fetch)."""
     model = copy.deepcopy(initial).train()
     optimizer = make_adam(model, hp["lr"], hp.get("weight_decay", 0.0))
+    weight = class_weight(data)
     times: list[float] = []
     while len(times) < steps + REFERENCE_WARMUP:
         for batch in data.batches("train", hp["batch_size"], "shuffle", generator):
             start = time.perf_counter()
-            train_step(model, batch, optimizer)
+            train_step(model, batch, optimizer, weight)
             times.append((time.perf_counter() - start) * 1e3)
             if len(times) == steps + REFERENCE_WARMUP:
                 break
